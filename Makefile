@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint unit demo protos protos-check fixtures bench test-board clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## make test: ruff, then the whole pytest suite (unit + integration with a real agent on loopback).
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+## make demo: start an agent on 127.0.0.1, run a short campaign through it, print the report path.
+demo: venv
+	$(PY) scripts/demo.py
+
+## make protos: regenerate device_agent/_gen from protos/ (a test fails when they drift).
+protos: venv
+	bash scripts/gen_protos.sh
+
+## make fixtures: retrain and re-export the fixture models (needs TensorFlow: pip install -e .[fixtures]).
+fixtures:
+	$(PY) scripts/make_fixtures.py
+
+bench: venv
+	$(PY) scripts/bench_agent.py
+	$(PY) scripts/bench_search.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,443 @@
+"""One interface over the TFLite Python runtimes (``ai_edge_litert``, else ``tflite_runtime``).
+
+Everything that touches an interpreter goes through :class:`ModelRunner`: the agent's worker
+process and the host's in-process ``LocalTarget`` use the same code, so their outputs agree bit
+for bit. The host always sends uint8 NHWC images; the runner applies the model's preprocessing
+((pixel - mean) / std per channel), quantizes for integer inputs, runs the batch and returns
+float32 probabilities, dequantizing integer outputs.
+
+Delegates (``DELEGATE_NAMES``):
+    cpu      TFLite's builtin kernels with no default delegate (plain CPU path).
+    xnnpack  builtin kernels with the default XNNPACK delegate applied (TFLite's usual CPU path).
+    ref      the reference kernels (``BUILTIN_REF`` op resolver): slow, simple, a useful oracle.
+    gpu      the GPU delegate library, when present on the device.
+    nnapi    the NNAPI delegate library (Android), when present.
+    external:PATH  a delegate library loaded with ``load_delegate``; only paths the caller allows.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import platform
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Sequence
+
+import numpy as np
+
+#: Delegate names accepted by :func:`parse_delegate` (``external:`` takes a path after the colon).
+DELEGATE_NAMES = ("cpu", "xnnpack", "ref", "gpu", "nnapi", "external")
+
+#: Shared-library names tried for the GPU and NNAPI delegates, in order.
+_GPU_DELEGATE_LIBS = ("libtensorflowlite_gpu_delegate.so", "libLiteRtGpuAccelerator.so")
+_NNAPI_DELEGATE_LIBS = ("libtensorflowlite_nnapi_delegate.so", "libnnapi_delegate.so")
+
+#: The first four bytes of a TFLite flatbuffer are its root offset; bytes 4..8 are this identifier.
+TFLITE_FILE_IDENTIFIER = b"TFL3"
+
+
+class RuntimeUnavailableError(ImportError):
+    """Neither ai_edge_litert nor tflite_runtime is installed."""
+
+
+class ModelFormatError(ValueError):
+    """The bytes are not a loadable TFLite model."""
+
+
+class DelegateUnavailableError(RuntimeError):
+    """The requested delegate cannot be used on this device."""
+
+
+class InputError(ValueError):
+    """An input batch does not match the model (shape, dtype or byte length)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The TFLite Python runtime in use."""
+
+    name: str
+    version: str
+    module: ModuleType = field(repr=False, compare=False)
+
+
+_RUNTIME: Runtime | None = None
+
+
+def load_runtime() -> Runtime:
+    """Import the interpreter module, preferring ``ai_edge_litert`` over ``tflite_runtime``.
+
+    Returns:
+        The runtime's name, version and ``interpreter`` module.
+
+    Raises:
+        RuntimeUnavailableError: neither package is installed.
+    """
+    global _RUNTIME
+    if _RUNTIME is not None:
+        return _RUNTIME
+    try:
+        from ai_edge_litert import interpreter as module  # type: ignore[import-not-found]
+
+        version = _package_version("ai-edge-litert")
+        _RUNTIME = Runtime("ai_edge_litert", version, module)
+    except ImportError:
+        try:
+            from tflite_runtime import interpreter as module  # type: ignore[import-not-found]
+        except ImportError:
+            raise RuntimeUnavailableError(
+                "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert) "
+                "or, on platforms without its wheels, tflite-runtime"
+            ) from None
+        _RUNTIME = Runtime("tflite_runtime", _package_version("tflite-runtime"), module)
+    return _RUNTIME
+
+
+def _package_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - metadata may be missing in a pushed wheelhouse
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Per-channel normalization applied to uint8 pixels: ``(pixel - mean) / std``.
+
+    One value applies to every channel. The default (mean 0, std 1) feeds raw 0..255 values.
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.mean or not self.std:
+            raise ValueError("preprocessing needs at least one mean and one std value")
+        if any(s == 0 for s in self.std):
+            raise ValueError(f"preprocessing std must be non-zero, got {self.std}")
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        return cls(tuple(float(v) for v in data.get("mean", (0.0,))),
+                   tuple(float(v) for v in data.get("std", (1.0,))))
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """Return float32 ``(images - mean) / std``, broadcasting over the channel axis."""
+        channels = images.shape[-1]
+        mean = _per_channel(self.mean, channels, "mean")
+        std = _per_channel(self.std, channels, "std")
+        out = images.astype(np.float32)
+        out -= mean
+        out /= std
+        return out
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> np.ndarray:
+    if len(values) == 1:
+        return np.full(channels, values[0], dtype=np.float32)
+    if len(values) != channels:
+        raise InputError(f"preprocessing {what} has {len(values)} values but images have {channels} channels")
+    return np.asarray(values, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What one model input or output looks like."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        name=str(detail["name"]),
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+@dataclass(frozen=True)
+class DelegateChoice:
+    """A parsed delegate request: its kind and, for ``external``, the library path."""
+
+    kind: str
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"external:{self.path}" if self.kind == "external" else self.kind
+
+
+def parse_delegate(text: str) -> DelegateChoice:
+    """Parse ``cpu|xnnpack|ref|gpu|nnapi|external:/path/lib.so``.
+
+    Raises:
+        ValueError: an unknown delegate name, or ``external`` without a path.
+    """
+    kind, _, path = text.strip().partition(":")
+    kind = kind.lower() or "cpu"
+    if kind not in DELEGATE_NAMES:
+        raise ValueError(f"unknown delegate {text!r}; expected one of cpu, xnnpack, ref, gpu, nnapi, external:PATH")
+    if kind == "external" and not path:
+        raise ValueError("delegate 'external' needs a library path: external:/path/to/libdelegate.so")
+    if kind != "external" and path:
+        raise ValueError(f"delegate {kind!r} takes no path (got {text!r})")
+    return DelegateChoice(kind, path)
+
+
+def _find_library(names: Sequence[str]) -> str | None:
+    for name in names:
+        found = ctypes.util.find_library(name.removeprefix("lib").removesuffix(".so"))
+        if found:
+            return found
+        for directory in ("/system/lib64", "/vendor/lib64", "/system/lib", "/vendor/lib"):
+            candidate = os.path.join(directory, name)
+            if os.path.exists(candidate):
+                return candidate
+    return None
+
+
+def available_delegates(allowed_external: Sequence[str] = ()) -> list[str]:
+    """Return the delegates usable here: always cpu/xnnpack/ref, plus gpu/nnapi/external when found."""
+    names = ["cpu", "xnnpack", "ref"]
+    if _find_library(_GPU_DELEGATE_LIBS):
+        names.append("gpu")
+    if _find_library(_NNAPI_DELEGATE_LIBS):
+        names.append("nnapi")
+    names.extend(f"external:{p}" for p in allowed_external)
+    return names
+
+
+def check_tflite_bytes(content: bytes) -> None:
+    """Reject bytes that are obviously not a TFLite flatbuffer, with a message saying why.
+
+    Raises:
+        ModelFormatError: too short, or no ``TFL3`` identifier.
+    """
+    if len(content) < 8:
+        raise ModelFormatError(f"model is {len(content)} bytes, too short to be a TFLite flatbuffer")
+    if content[4:8] != TFLITE_FILE_IDENTIFIER:
+        raise ModelFormatError(
+            f"not a TFLite model: bytes 4..8 are {content[4:8]!r}, expected {TFLITE_FILE_IDENTIFIER!r}"
+        )
+
+
+class ModelRunner:
+    """A loaded model on one delegate, taking uint8 NHWC batches and returning float32 outputs.
+
+    Args:
+        model_content: the .tflite file's bytes.
+        delegate: a delegate string (see :func:`parse_delegate`).
+        threads: interpreter threads (``None``: the runtime's default).
+        preprocessing: normalization for uint8 inputs (``None``: raw pixel values).
+        allowed_external: library paths an ``external:`` delegate may name.
+        delegate_options: options passed to ``load_delegate`` for gpu/nnapi/external.
+
+    Raises:
+        ModelFormatError: the bytes are not a loadable model.
+        DelegateUnavailableError: the delegate is missing on this device, or not allowed.
+        ValueError: an unknown delegate name.
+    """
+
+    def __init__(
+        self,
+        model_content: bytes,
+        delegate: str = "cpu",
+        threads: int | None = None,
+        preprocessing: Preprocessing | None = None,
+        allowed_external: Sequence[str] = (),
+        delegate_options: dict[str, str] | None = None,
+    ) -> None:
+        check_tflite_bytes(model_content)
+        self.runtime = load_runtime()
+        self.delegate = parse_delegate(delegate)
+        self.threads = threads
+        self.preprocessing = preprocessing or Preprocessing()
+        self._content = model_content  # the interpreter reads from this buffer: keep it alive
+        self._interpreter = self._make_interpreter(allowed_external, delegate_options or {})
+        try:
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelFormatError(f"the runtime could not allocate the model's tensors: {exc}") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise ModelFormatError(f"expected an image classifier with one input, the model has {len(inputs)}")
+        self._input_index = int(inputs[0]["index"])
+        self._output_indices = [int(o["index"]) for o in outputs]
+        self.input_spec = _spec(inputs[0])
+        self.output_specs = [_spec(o) for o in outputs]
+        # Try resizing the batch dimension; a model that refuses falls back to one image at a time.
+        self._batch_resizable = True
+        self._batch_size = int(self.input_spec.shape[0]) if self.input_spec.shape else 1
+        if len(self.input_spec.shape) != 4:
+            raise ModelFormatError(f"expected an NHWC image input, the model's input shape is {self.input_spec.shape}")
+        self.delegated_nodes, self.cpu_ops = self._delegation_summary()
+
+    # -- construction -------------------------------------------------------------------------
+    def _make_interpreter(self, allowed_external: Sequence[str], options: dict[str, str]):
+        module = self.runtime.module
+        resolver = module.OpResolverType
+        kwargs: dict = {"model_content": self._content, "num_threads": self.threads}
+        kind = self.delegate.kind
+        if kind == "cpu":
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        elif kind == "xnnpack":
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN
+        elif kind == "ref":
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_REF
+        else:
+            library = self._delegate_library(allowed_external)
+            try:
+                loaded = module.load_delegate(library, options)
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise DelegateUnavailableError(
+                    f"delegate {self.delegate} failed to load from {library}: {exc}"
+                ) from None
+            kwargs["experimental_delegates"] = [loaded]
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            return module.Interpreter(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFormatError(f"the runtime rejected the model: {exc}") from None
+
+    def _delegate_library(self, allowed_external: Sequence[str]) -> str:
+        kind = self.delegate.kind
+        if kind == "external":
+            path = os.path.realpath(self.delegate.path)
+            allowed = {os.path.realpath(p) for p in allowed_external}
+            if path not in allowed:
+                raise DelegateUnavailableError(
+                    f"external delegate {self.delegate.path!r} is not allowed on this agent; start it with "
+                    f"--allow-delegate {self.delegate.path} (allowed now: {sorted(allowed) or 'none'})"
+                )
+            if not os.path.exists(path):
+                raise DelegateUnavailableError(f"external delegate library {path} does not exist")
+            return path
+        library = _find_library(_GPU_DELEGATE_LIBS if kind == "gpu" else _NNAPI_DELEGATE_LIBS)
+        if library is None:
+            raise DelegateUnavailableError(
+                f"delegate {kind!r} is not available on this device ({platform.machine()}, {platform.system()}); "
+                f"available: {', '.join(available_delegates(allowed_external))}"
+            )
+        return library
+
+    def _delegation_summary(self) -> tuple[int, list[str]]:
+        """Count nodes replaced by a delegate and list the ops left on the CPU kernels."""
+        if self.delegate.kind in ("cpu", "ref"):
+            return 0, []
+        try:
+            ops = self._interpreter._get_ops_details()  # noqa: SLF001 - no public API for the plan
+        except Exception:  # noqa: BLE001 - older runtimes lack it; report nothing rather than fail
+            return 0, []
+        delegated = [op for op in ops if str(op.get("op_name", "")).upper() == "DELEGATE"]
+        cpu_ops = sorted({str(op.get("op_name")) for op in ops
+                          if str(op.get("op_name", "")).upper() != "DELEGATE"})
+        return len(delegated), cpu_ops
+
+    # -- inference ----------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The (H, W, C) a single image must have."""
+        _, h, w, c = self.input_spec.shape
+        return (h, w, c)
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.prod(self.output_specs[0].shape[1:]))
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """Turn a uint8 NHWC batch into the model's input tensor (preprocess + quantize)."""
+        self._check_batch(images)
+        if images.dtype != np.uint8:
+            return images  # already a typed tensor in the model's own dtype
+        spec = self.input_spec
+        if spec.dtype == "uint8" and not spec.quantized:
+            return images
+        values = self.preprocessing.apply(images)
+        if spec.quantized:
+            info = np.iinfo(np.dtype(spec.dtype))
+            values /= spec.scale
+            values += spec.zero_point
+            np.rint(values, out=values)
+            np.clip(values, info.min, info.max, out=values)
+            return values.astype(spec.dtype)
+        return values.astype(spec.dtype, copy=False)
+
+    def _check_batch(self, images: np.ndarray) -> None:
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise InputError(
+                f"input batch has shape {tuple(images.shape)}, the model expects (N, "
+                f"{', '.join(map(str, self.image_shape))})"
+            )
+        if images.dtype != np.uint8 and images.dtype.name != self.input_spec.dtype:
+            raise InputError(
+                f"input dtype {images.dtype.name} not accepted: send uint8 images or "
+                f"{self.input_spec.dtype} tensors"
+            )
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Run a batch and return the first output as float32, shape (N, classes).
+
+        Raises:
+            InputError: the batch's shape or dtype does not fit the model.
+        """
+        return self.infer_all(images)[0]
+
+    def infer_all(self, images: np.ndarray) -> list[np.ndarray]:
+        """Run a batch and return every output, dequantized to float32."""
+        tensor = self.prepare(images)
+        n = int(tensor.shape[0])
+        if n == 0:
+            return [np.zeros((0, *spec.shape[1:]), np.float32) for spec in self.output_specs]
+        if self._resize(n):
+            self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(tensor))
+            self._interpreter.invoke()
+            return [self._dequantized(i, spec) for i, spec in zip(self._output_indices, self.output_specs)]
+        # A model whose batch dimension cannot change runs one image at a time.
+        per_image = [self.infer_all(tensor[i : i + 1]) for i in range(n)]
+        return [np.concatenate([p[k] for p in per_image]) for k in range(len(self.output_specs))]
+
+    def _resize(self, n: int) -> bool:
+        if n == self._batch_size:
+            return True
+        if not self._batch_resizable:
+            return False
+        try:
+            self._interpreter.resize_tensor_input(self._input_index, [n, *self.image_shape])
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError):
+            self._batch_resizable = False
+            self._interpreter.resize_tensor_input(self._input_index, [self._batch_size, *self.image_shape])
+            self._interpreter.allocate_tensors()
+            return n == self._batch_size
+        self._batch_size = n
+        return True
+
+    def _dequantized(self, index: int, spec: TensorSpec) -> np.ndarray:
+        raw = self._interpreter.get_tensor(index)
+        if spec.quantized:
+            out = raw.astype(np.float32)
+            out -= spec.zero_point
+            out *= spec.scale
+            return out
+        return raw.astype(np.float32, copy=True)

@@ -1,0 +1,1 @@
+"""``dflare`` subcommands, one module each, registered by ``host.cli``."""

@@ -1,0 +1,62 @@
+"""Every error the host side raises, under one root so callers can catch "any dflare error".
+
+Messages name the thing at fault (the target URI, the file, the field) and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base of every dflare-edge host error."""
+
+
+class ConfigError(Error):
+    """A flag, campaign file or seed set is unusable (maps to exit code 2)."""
+
+
+class ModelError(Error):
+    """A model file is missing, not TFLite, or does not fit the other model."""
+
+
+class SeedError(ConfigError):
+    """Seed images have the wrong shape, dtype or format."""
+
+
+class TargetError(Error):
+    """A target (local interpreter or remote agent) failed; the message names the target."""
+
+    def __init__(self, target: object, msg: str) -> None:
+        self.target = target
+        super().__init__(f"{target}: {msg}")
+
+
+class TargetUnreachableError(TargetError):
+    """The agent could not be reached (maps to exit code 3)."""
+
+
+class AuthenticationError(TargetError):
+    """The agent refused the token, or none was given."""
+
+
+class DelegateUnavailableError(TargetError):
+    """The requested delegate is not available on the target."""
+
+
+class InvalidRequestError(TargetError):
+    """The target rejected a request as malformed (shape, dtype, model bytes)."""
+
+
+class WorkerCrashedError(TargetError):
+    """The model crashed the agent's worker process; the agent restarted it."""
+
+
+class ProtocolError(TargetError):
+    """The agent answered something the host did not expect (version skew, truncated data)."""
+
+
+class DeployError(Error):
+    """Deploying the agent to a device failed; subclasses name the stage."""
+
+
+class CampaignError(Error):
+    """A campaign cannot start or resume (e.g. its stored config differs)."""

@@ -1,0 +1,88 @@
+"""LocalTarget: the TFLite interpreter in this process (any delegate the host has)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Sequence
+
+import numpy as np
+
+from device_agent import runtime
+from host.errors import DelegateUnavailableError, InvalidRequestError, ModelError
+from host.targets.base import ModelSpec
+
+
+class LocalSession:
+    """A model on an in-process interpreter."""
+
+    def __init__(self, target: LocalTarget, model: ModelSpec, runner: runtime.ModelRunner) -> None:
+        self.target = target
+        self.model = model
+        self.runner = runner
+        self.input_spec = runner.input_spec
+        self.output_specs = runner.output_specs
+        self.delegated_nodes = runner.delegated_nodes
+        self.cpu_ops = runner.cpu_ops
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        try:
+            return self.runner.infer(images)
+        except runtime.InputError as exc:
+            raise InvalidRequestError(self.target, f"{self.model.name}: {exc}") from None
+
+    def close(self) -> None:
+        self.runner = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LocalSession({self.model.name}, delegate={self.model.delegate})"
+
+
+class LocalTarget:
+    """Runs models in this process. URI: ``local:``.
+
+    Args:
+        allowed_external: delegate libraries an ``external:`` delegate may load.
+    """
+
+    def __init__(self, allowed_external: Sequence[str] = ()) -> None:
+        self.uri = "local:"
+        self.allowed_external = tuple(allowed_external)
+
+    def info(self) -> dict:
+        rt = runtime.load_runtime()
+        return {
+            "uri": self.uri,
+            "runtime": rt.name,
+            "runtime_version": rt.version,
+            "delegates": runtime.available_delegates(self.allowed_external),
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "release": platform.release(),
+            "cpu_count": os.cpu_count() or 0,
+            "python": platform.python_version(),
+        }
+
+    def load(self, model: ModelSpec) -> LocalSession:
+        try:
+            runner = runtime.ModelRunner(
+                model.content,
+                delegate=model.delegate,
+                threads=model.threads,
+                preprocessing=model.preprocessing,
+                allowed_external=self.allowed_external,
+            )
+        except runtime.ModelFormatError as exc:
+            raise ModelError(f"{model.name}: {exc}") from None
+        except runtime.DelegateUnavailableError as exc:
+            raise DelegateUnavailableError(self, str(exc)) from None
+        return LocalSession(self, model, runner)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "LocalTarget(local:)"
+
+    def __str__(self) -> str:
+        return self.uri
