@@ -1,0 +1,82 @@
+"""device_agent.runtime: delegate parsing, preprocessing, model byte checks (no model file needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device_agent import runtime
+
+
+@pytest.mark.parametrize("text,kind,path", [
+    ("cpu", "cpu", ""),
+    ("XNNPACK", "xnnpack", ""),
+    ("ref", "ref", ""),
+    ("", "cpu", ""),
+    ("external:/opt/lib/libfoo.so", "external", "/opt/lib/libfoo.so"),
+])
+def test_parse_delegate_accepts_known_names(text: str, kind: str, path: str) -> None:
+    choice = runtime.parse_delegate(text)
+    assert (choice.kind, choice.path) == (kind, path)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("tpu", "unknown delegate 'tpu'"),
+    ("external", "needs a library path"),
+    ("cpu:/x.so", "takes no path"),
+])
+def test_parse_delegate_rejects_with_a_clear_message(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        runtime.parse_delegate(text)
+
+
+def test_preprocessing_broadcasts_per_channel() -> None:
+    images = np.full((2, 2, 2, 3), 100, dtype=np.uint8)
+    out = runtime.Preprocessing(mean=(0.0, 50.0, 100.0), std=(1.0, 2.0, 4.0)).apply(images)
+    assert out.dtype == np.float32
+    assert out[0, 0, 0].tolist() == [100.0, 25.0, 0.0]
+
+
+def test_preprocessing_rejects_channel_mismatch() -> None:
+    images = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    with pytest.raises(runtime.InputError, match="2 values but images have 3 channels"):
+        runtime.Preprocessing(mean=(0.0, 1.0), std=(1.0,)).apply(images)
+
+
+def test_preprocessing_rejects_zero_std() -> None:
+    with pytest.raises(ValueError, match="non-zero"):
+        runtime.Preprocessing(std=(0.0,))
+
+
+def test_preprocessing_round_trips_through_dict() -> None:
+    pre = runtime.Preprocessing(mean=(1.5, 2.0), std=(3.0, 4.0))
+    assert runtime.Preprocessing.from_dict(pre.to_dict()) == pre
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"", "too short"),
+    (b"\x00" * 16, "not a TFLite model"),
+    (b"PK\x03\x04" + b"\x00" * 20, "not a TFLite model"),
+])
+def test_non_tflite_bytes_are_rejected(content: bytes, fragment: str) -> None:
+    with pytest.raises(runtime.ModelFormatError, match=fragment):
+        runtime.ModelRunner(content)
+
+
+def test_truncated_model_is_rejected() -> None:
+    # A valid header with nothing behind it: the runtime itself must refuse it.
+    content = b"\x1c\x00\x00\x00TFL3" + b"\x00" * 24
+    with pytest.raises(runtime.ModelFormatError):
+        runtime.ModelRunner(content)
+
+
+def test_unavailable_delegate_names_what_is_available() -> None:
+    content = b"\x1c\x00\x00\x00TFL3" + b"\x00" * 24
+    with pytest.raises(runtime.DelegateUnavailableError, match="not allowed on this agent"):
+        runtime.ModelRunner(content, delegate="external:/tmp/libnothing.so")
+
+
+def test_runtime_is_found() -> None:
+    rt = runtime.load_runtime()
+    assert rt.name in ("ai_edge_litert", "tflite_runtime")
+    assert {"cpu", "xnnpack", "ref"} <= set(runtime.available_delegates())
