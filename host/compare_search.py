@@ -1,0 +1,99 @@
+"""``dflare compare --search``: run the DFlare search between every pair of compare columns.
+
+The first column of a pair plays the "original" model, the second the "compressed" one: a
+triggering input is an image on which the two columns' top-1 labels differ (e.g. XNNPACK vs the
+reference kernels, GPU vs CPU). Triggering images of each pair go to
+``OUT/<pair>/triggering.npz`` (``x`` uint8 NHWC, ``seed_index``, ``label_a``, ``label_b``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from host.compare import PairResult
+from host.errors import ConfigError
+from host.search.results import SeedResult, SeedStatus
+from host.targets.base import Session
+
+
+def _search_run():
+    import host.search as search
+
+    run = getattr(search, "run", None)
+    if run is None:
+        raise ConfigError("--search needs the search engine (host.search.run), which this installation lacks")
+    return run
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "column"
+
+
+def summarize_search(results: list[SeedResult], seconds: float) -> dict[str, Any]:
+    """Counts over a pair's seed results: triggered, flaky, skipped, queries per trigger."""
+    triggered = [r for r in results if r.status is SeedStatus.triggered]
+    total_queries = sum(r.queries for r in results)
+    return {
+        "seeds": len(results),
+        "triggered": len(triggered),
+        "flaky": sum(r.status is SeedStatus.flaky for r in results),
+        "skipped": sum(r.status is SeedStatus.skipped for r in results),
+        "success_rate": len(triggered) / len(results) if results else 0.0,
+        "total_queries": total_queries,
+        "queries_per_trigger": (total_queries / len(triggered)) if triggered else None,
+        "seconds": seconds,
+        "triggering_seeds": [r.seed_index for r in triggered],
+    }
+
+
+class PairSearch:
+    """A ``pair_hook`` for :func:`host.compare.run_compare` that searches between the two sessions.
+
+    Args:
+        seeds: uint8 NHWC seed images (the same the comparison ran on).
+        labels: their labels, or ``None`` (the search then uses the first column's top-1).
+        algo: the search algorithm name.
+        max_queries: per-seed query budget.
+        timeout_s: per-seed time budget in seconds, or ``None``.
+        seed: the search's random seed.
+        out: folder for each pair's triggering inputs.
+    """
+
+    def __init__(self, seeds: np.ndarray, labels: np.ndarray | None, algo: str = "dflare",
+                 max_queries: int | None = 500, timeout_s: float | None = None, seed: int = 0,
+                 out: Path | None = None) -> None:
+        self.seeds = seeds
+        self.labels = labels
+        self.algo = algo
+        self.max_queries = max_queries
+        self.timeout_s = timeout_s
+        self.seed = seed
+        self.out = out
+        self._run = _search_run()
+
+    def __call__(self, pair: PairResult, session_a: Session, session_b: Session) -> None:
+        start = time.monotonic()
+        results = list(self._run(session_a, session_b, self.seeds, algo=self.algo,
+                                 max_queries=self.max_queries, timeout_s=self.timeout_s, seed=self.seed))
+        pair.search = summarize_search(results, time.monotonic() - start)
+        if self.out is not None:
+            pair.search["artifacts"] = str(self._save(pair, results))
+
+    def _save(self, pair: PairResult, results: list[SeedResult]) -> Path:
+        folder = self.out / f"{_slug(pair.a)}__vs__{_slug(pair.b)}"  # type: ignore[operator]
+        folder.mkdir(parents=True, exist_ok=True)
+        hits = [r for r in results if r.status is SeedStatus.triggered and r.image is not None]
+        shape = self.seeds.shape[1:]
+        np.savez_compressed(
+            folder / "triggering.npz",
+            x=np.stack([r.image for r in hits]) if hits else np.zeros((0, *shape), np.uint8),
+            seed_index=np.array([r.seed_index for r in hits], np.int64),
+            label_a=np.array([-1 if r.label_original is None else r.label_original for r in hits], np.int64),
+            label_b=np.array([-1 if r.label_compressed is None else r.label_compressed for r in hits], np.int64),
+        )
+        return folder
