@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Sequence
@@ -288,6 +289,9 @@ class ModelRunner:
         self.output_specs = [_spec(o) for o in outputs]
         # Try resizing the batch dimension; a model that refuses falls back to one image at a time.
         self._batch_resizable = True
+        #: Seconds the interpreter's invoke() took in the last infer call (benchmark_model's figure:
+        #: no preprocessing or output copies); read by ``dflare compare`` and the benchmarks.
+        self.last_invoke_s = 0.0
         self._batch_size = int(self.input_spec.shape[0]) if self.input_spec.shape else 1
         if len(self.input_spec.shape) != 4:
             raise ModelFormatError(f"expected an NHWC image input, the model's input shape is {self.input_spec.shape}")
@@ -411,10 +415,16 @@ class ModelRunner:
             return [np.zeros((0, *spec.shape[1:]), np.float32) for spec in self.output_specs]
         if self._resize(n):
             self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(tensor))
+            start = time.perf_counter()
             self._interpreter.invoke()
+            self.last_invoke_s = time.perf_counter() - start
             return [self._dequantized(i, spec) for i, spec in zip(self._output_indices, self.output_specs)]
         # A model whose batch dimension cannot change runs one image at a time.
-        per_image = [self.infer_all(tensor[i : i + 1]) for i in range(n)]
+        per_image, invoke_s = [], 0.0
+        for i in range(n):
+            per_image.append(self.infer_all(tensor[i : i + 1]))
+            invoke_s += self.last_invoke_s
+        self.last_invoke_s = invoke_s
         return [np.concatenate([p[k] for p in per_image]) for k in range(len(self.output_specs))]
 
     def _resize(self, n: int) -> bool:
