@@ -1,0 +1,459 @@
+"""Train the two fixture classifiers and export them as TFLite (float32, dynamic, int8, float16).
+
+Run by hand with TensorFlow and scikit-learn installed (the ``fixtures`` extra)::
+
+    python scripts/make_fixtures.py            # or: make fixtures
+
+Outputs (committed, see tests/fixtures/README.md):
+    tests/fixtures/models/<name>-{float32,dynamic,int8,float16}.tflite
+    tests/fixtures/models/<name>.keras          the Keras original (uncompiled), for the repair feature
+    tests/fixtures/seeds/<name>.npz             x: uint8 NHWC held-out images, y: int64 labels
+
+Models (data: scikit-learn's bundled 8x8 digits, no download):
+    digits28     28x28x1 grayscale, the digit upsampled to 20x20 and centred (MNIST-like).
+    digits32rgb  32x32x3, the digit upsampled to 24x24 and composited in a random colour on a
+                 random colour-gradient background with a small random shift.
+
+Every model takes the normalized float image ``(pixel - mean) / std`` (per channel, mean/std in
+pixel units from the training set) and outputs softmax probabilities. The normalization is
+embedded in each .tflite as standard TFLite metadata (a ``TFLITE_METADATA`` entry holding a
+ModelMetadata flatbuffer, tflite-support's metadata_schema.fbs), written by hand here because
+tflite-support is not installable alongside current TensorFlow.
+
+The script is deterministic given ``--seed`` (same data split, weights and TFLite bytes on the
+same TensorFlow version). It never imports ``host``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the report
+
+import flatbuffers  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402  (scikit-learn depends on scipy)
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "tests" / "fixtures" / "models"
+SEEDS_DIR = REPO / "tests" / "fixtures" / "seeds"
+
+#: Held-out images per model written as seeds: enough for success-rate figures, small on disk.
+SEEDS_PER_MODEL = 200
+#: Held-out images in total (seeds plus a validation remainder used only for reporting).
+HELD_OUT_COUNT = 300
+#: Training epochs: enough for >= 0.97 held-out accuracy while keeping softmax margins modest.
+EPOCHS = 12
+BATCH_SIZE = 32
+#: Renders of each training digit for the RGB model (new colours/shift each time): more colour variety.
+RGB_TRAIN_RENDERS = 3
+#: Images fed to the int8 calibration (representative dataset), drawn from the training set.
+CALIBRATION_COUNT = 200
+#: Minimum luminance difference (0..255) between digit and background colours, so digits stay legible.
+RGB_MIN_CONTRAST = 90.0
+#: Fixture budget: the whole set must stay well under this (the issue asks for < 5 MB).
+MAX_TOTAL_BYTES = 5 * 1024 * 1024
+#: Keras originals are committed only below this size (the repair feature fine-tunes them).
+MAX_KERAS_BYTES = 500 * 1024
+
+VARIANTS = ("float32", "dynamic", "int8", "float16")
+
+# TFLite metadata (tflite-support metadata_schema.fbs, schema version 1.1.0) ---------------------
+# Field ids are the declaration order in each table; a flatbuffers vtable slot is 4 + 2 * id.
+METADATA_NAME = "TFLITE_METADATA"
+METADATA_FILE_IDENTIFIER = b"M001"
+METADATA_MIN_PARSER_VERSION = "1.0.0"  # only 1.0.0 fields are used below
+_MODEL_METADATA = {"name": 0, "description": 1, "version": 2, "subgraph_metadata": 3,
+                   "author": 4, "license": 5, "associated_files": 6, "min_parser_version": 7}
+_SUBGRAPH_METADATA = {"name": 0, "description": 1, "input_tensor_metadata": 2, "output_tensor_metadata": 3}
+_TENSOR_METADATA = {"name": 0, "description": 1, "dimension_names": 2, "content": 3, "process_units": 4}
+_CONTENT = {"content_properties_type": 0, "content_properties": 1, "range": 2}
+_IMAGE_PROPERTIES = {"color_space": 0, "default_size": 1}
+_IMAGE_SIZE = {"width": 0, "height": 1}
+_PROCESS_UNIT = {"options_type": 0, "options": 1}
+_NORMALIZATION_OPTIONS = {"mean": 0, "std": 1}
+_CONTENT_FEATURE_PROPERTIES = 1  # union ContentProperties: FeatureProperties=1, ImageProperties=2
+_CONTENT_IMAGE_PROPERTIES = 2
+_PROCESS_UNIT_NORMALIZATION = 1  # union ProcessUnitOptions: NormalizationOptions=1
+_COLOR_SPACE_RGB = 1
+_COLOR_SPACE_GRAYSCALE = 2
+#: TFLite schema requires buffer data aligned to 16 bytes (``force_align: 16`` in schema.fbs).
+_BUFFER_ALIGNMENT_BYTES = 16
+
+
+@dataclass
+class Dataset:
+    """Uint8 NHWC images and labels for one fixture model."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+# -- data ----------------------------------------------------------------------------------------
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.images.astype(np.float32) / 16.0, data.target.astype(np.int64)  # 0..1, (1797, 8, 8)
+
+
+def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=HELD_OUT_COUNT, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(test)
+
+
+def _upsample(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear-upsample (N, 8, 8) intensities in 0..1 to (N, size, size), clipped to 0..1."""
+    zoom = size / images.shape[1]
+    return np.clip(np.stack([ndimage.zoom(im, zoom, order=1) for im in images]), 0.0, 1.0)
+
+
+def make_digits28(seed: int) -> Dataset:
+    """28x28 grayscale: the digit at 20x20 centred with a 4-pixel border, like MNIST."""
+    images, labels = _digits()
+    ink = _upsample(images, 20)
+    canvas = np.zeros((len(ink), 28, 28), np.float32)
+    canvas[:, 4:24, 4:24] = ink
+    x = np.rint(canvas * 255.0).astype(np.uint8)[..., None]
+    train, test = _split(labels, seed)
+    return Dataset(x[train], labels[train], x[test], labels[test])
+
+
+def _luma(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _render_rgb(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Composite one 24x24 ink mask (0..1) onto a 32x32 colour-gradient background."""
+    while True:
+        fg = rng.uniform(0, 255, 3)
+        bg = rng.uniform(0, 255, 3)
+        if abs(_luma(fg) - _luma(bg)) >= RGB_MIN_CONTRAST:
+            break
+    # Background: the base colour plus a gentle random-direction gradient (+-25 levels) and noise.
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 31.0 - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None] * rng.uniform(-50, 50, 3)
+    background = bg + ramp + rng.normal(0.0, 4.0, (32, 32, 3))
+    mask = np.zeros((32, 32), np.float32)
+    dy, dx = rng.integers(2, 7, size=2)  # centred is 4: a shift of up to 2 pixels each way
+    mask[dy : dy + 24, dx : dx + 24] = ink
+    image = background * (1.0 - mask[..., None]) + fg * mask[..., None]
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def make_digits32rgb(seed: int) -> Dataset:
+    """32x32 RGB: a random-colour digit on a random tinted gradient, shifted up to 2 pixels."""
+    images, labels = _digits()
+    ink = _upsample(images, 24)
+    train, test = _split(labels, seed)
+    rng = np.random.default_rng(seed + 32)
+    x_train = np.stack([_render_rgb(ink[i], rng) for _ in range(RGB_TRAIN_RENDERS) for i in train])
+    y_train = np.concatenate([labels[train]] * RGB_TRAIN_RENDERS)
+    x_test = np.stack([_render_rgb(ink[i], rng) for i in test])
+    return Dataset(x_train, y_train, x_test, labels[test])
+
+
+DATASETS: dict[str, Callable[[int], Dataset]] = {"digits28": make_digits28, "digits32rgb": make_digits32rgb}
+
+
+# -- training ------------------------------------------------------------------------------------
+def normalization(x_train: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training pixels, in pixel units (0..255)."""
+    pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
+    return [float(np.float32(v)) for v in pixels.mean(0)], [float(np.float32(v)) for v in pixels.std(0)]
+
+
+def normalize(x: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    return ((x.astype(np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+
+
+def build_model(shape: tuple[int, int, int]):
+    """conv16-pool-conv32-pool-dense64-dense10 (softmax): ~50-75k parameters."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=shape, name="image"),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax", name="probabilities"),
+        ]
+    )
+
+
+def train(data: Dataset, mean: list[float], std: list[float], seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(data.x_train.shape[1:])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(normalize(data.x_train, mean, std), data.y_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+              shuffle=True, verbose=0)
+    return model
+
+
+# -- TFLite export -------------------------------------------------------------------------------
+def convert(model, variant: str, calibration: np.ndarray) -> bytes:
+    """Convert to TFLite with a resizable batch dimension (input shape signature [-1, H, W, C])."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant != "float32":
+        raise ValueError(f"unknown variant {variant!r}")
+    return bytes(converter.convert())
+
+
+def build_metadata(name: str, variant: str, channels: int, size: int, mean: list[float], std: list[float]) -> bytes:
+    """Build a ModelMetadata flatbuffer (file identifier ``M001``) carrying the normalization."""
+    b = flatbuffers.Builder(1024)
+
+    def floats(values: list[float]) -> int:
+        b.StartVector(4, len(values), 4)
+        for v in reversed(values):
+            b.PrependFloat32(float(v))
+        return b.EndVector()
+
+    def offsets(items: list[int]) -> int:
+        b.StartVector(4, len(items), 4)
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    def table(fields: dict[str, int], values: dict[str, tuple[str, object]]) -> int:
+        """Write a table; values map field name -> (kind, value), kind one of off/u8/u32."""
+        b.StartObject(max(fields.values()) + 1)
+        for field, (kind, value) in values.items():
+            slot = fields[field]
+            if kind == "off":
+                b.PrependUOffsetTRelativeSlot(slot, value, 0)
+            elif kind == "u8":
+                b.PrependUint8Slot(slot, value, 0)
+            elif kind == "u32":
+                b.PrependUint32Slot(slot, value, 0)
+            else:
+                raise ValueError(kind)
+        return b.EndObject()
+
+    # Children first: flatbuffers builds bottom-up.
+    norm = table(_NORMALIZATION_OPTIONS, {"mean": ("off", floats(mean)), "std": ("off", floats(std))})
+    unit = table(_PROCESS_UNIT, {"options_type": ("u8", _PROCESS_UNIT_NORMALIZATION), "options": ("off", norm)})
+    image_size = table(_IMAGE_SIZE, {"width": ("u32", size), "height": ("u32", size)})
+    color = _COLOR_SPACE_RGB if channels == 3 else _COLOR_SPACE_GRAYSCALE
+    image_props = table(_IMAGE_PROPERTIES, {"color_space": ("u8", color), "default_size": ("off", image_size)})
+    in_content = table(_CONTENT, {"content_properties_type": ("u8", _CONTENT_IMAGE_PROPERTIES),
+                                  "content_properties": ("off", image_props)})
+    in_name, in_desc = b.CreateString("image"), b.CreateString(
+        f"{size}x{size}x{channels} uint8 image normalized as (pixel - mean) / std per channel")
+    in_tensor = table(_TENSOR_METADATA, {"name": ("off", in_name), "description": ("off", in_desc),
+                                         "content": ("off", in_content), "process_units": ("off", offsets([unit]))})
+    b.StartObject(0)  # FeatureProperties is an empty table
+    feature = b.EndObject()
+    out_content = table(_CONTENT, {"content_properties_type": ("u8", _CONTENT_FEATURE_PROPERTIES),
+                                   "content_properties": ("off", feature)})
+    out_name, out_desc = b.CreateString("probabilities"), b.CreateString("softmax over the digits 0..9")
+    out_tensor = table(_TENSOR_METADATA, {"name": ("off", out_name), "description": ("off", out_desc),
+                                          "content": ("off", out_content)})
+    subgraph = table(_SUBGRAPH_METADATA, {"name": ("off", b.CreateString(name)),
+                                          "input_tensor_metadata": ("off", offsets([in_tensor])),
+                                          "output_tensor_metadata": ("off", offsets([out_tensor]))})
+    strings = {
+        "name": f"{name}-{variant}",
+        "description": f"dflare-edge fixture: scikit-learn digits classifier ({variant} TFLite)",
+        "version": "1",
+        "author": "dflare-edge scripts/make_fixtures.py",
+        "license": "Apache-2.0",
+        "min_parser_version": METADATA_MIN_PARSER_VERSION,
+    }
+    string_offsets = {k: ("off", b.CreateString(v)) for k, v in strings.items()}
+    root = table(_MODEL_METADATA, {**string_offsets, "subgraph_metadata": ("off", offsets([subgraph]))})
+    b.Finish(root, file_identifier=METADATA_FILE_IDENTIFIER)
+    return bytes(b.Output())
+
+
+def embed_metadata(tflite: bytes, metadata: bytes) -> bytes:
+    """Add (or replace) the ``TFLITE_METADATA`` entry and its buffer, re-packing the model."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != METADATA_NAME]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(metadata, np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(tflite) + len(metadata) + 1024)
+    _pack_buffers_aligned(schema, model, builder)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _pack_buffers_aligned(schema, model, builder: flatbuffers.Builder) -> None:
+    """Make every BufferT pack its data 16-byte aligned, as schema.fbs's ``force_align`` asks.
+
+    The generated Python ``BufferT.Pack`` ignores ``force_align``; kernels that read weights in
+    place may then see unaligned data. Pre-building each data vector here keeps the alignment.
+    """
+
+    class AlignedBufferT(schema.BufferT):
+        def Pack(self, b: flatbuffers.Builder) -> int:  # noqa: N802 - flatbuffers' naming
+            data = None
+            if self.data is not None and len(self.data):
+                raw = np.asarray(self.data, np.uint8).tobytes()
+                b.StartVector(1, len(raw), _BUFFER_ALIGNMENT_BYTES)
+                b.head -= len(raw)
+                b.Bytes[b.head : b.head + len(raw)] = raw
+                data = b.EndVector()
+            schema.BufferStart(b)
+            if data is not None:
+                schema.BufferAddData(b, data)
+            if self.offset:
+                schema.BufferAddOffset(b, self.offset)
+            if self.size:
+                schema.BufferAddSize(b, self.size)
+            return schema.BufferEnd(b)
+
+    for buffer in model.buffers:
+        buffer.__class__ = AlignedBufferT
+
+
+# -- measuring -----------------------------------------------------------------------------------
+class Interpreter:
+    """TensorFlow's TFLite interpreter (builtin kernels, no default delegate) on uint8 batches."""
+
+    def __init__(self, content: bytes, mean: list[float], std: list[float]) -> None:
+        import tensorflow as tf
+
+        resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.interp = tf.lite.Interpreter(model_content=content, experimental_op_resolver_type=resolver)
+        self.mean, self.std = mean, std
+        self.input = self.interp.get_input_details()[0]
+        self.output = self.interp.get_output_details()[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        values = normalize(images, self.mean, self.std)
+        scale, zero = self.input["quantization"]
+        if scale:
+            values = np.clip(np.rint(values / scale + zero), -128, 127).astype(np.int8)
+        self.interp.resize_tensor_input(self.input["index"], list(images.shape))
+        self.interp.allocate_tensors()
+        self.interp.set_tensor(self.input["index"], values)
+        self.interp.invoke()
+        out = self.interp.get_tensor(self.output["index"]).astype(np.float32)
+        scale, zero = self.output["quantization"]
+        return (out - zero) * scale if scale else out
+
+
+# -- main ----------------------------------------------------------------------------------------
+def make(name: str, seed: int) -> dict:
+    """Train, export, embed metadata and write seeds for one fixture; return its figures."""
+    data = DATASETS[name](seed)
+    mean, std = normalization(data.x_train)
+    model = train(data, mean, std, seed)
+    x_seeds, y_seeds = data.x_test[:SEEDS_PER_MODEL], data.y_test[:SEEDS_PER_MODEL]
+    SEEDS_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(SEEDS_DIR / f"{name}.npz", x=x_seeds, y=y_seeds.astype(np.int64))
+
+    calib_rng = np.random.default_rng(seed + 1)
+    calibration = normalize(data.x_train[calib_rng.choice(len(data.x_train), CALIBRATION_COUNT, replace=False)],
+                            mean, std)
+    h, w, c = data.x_train.shape[1:]
+    report: dict = {"name": name, "mean": mean, "std": std, "seeds": len(y_seeds),
+                    "train_images": len(data.y_train), "variants": {}}
+    predictions: dict[str, np.ndarray] = {}
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    for variant in VARIANTS:
+        content = embed_metadata(convert(model, variant, calibration),
+                                 build_metadata(name, variant, c, h, mean, std))
+        path = MODELS_DIR / f"{name}-{variant}.tflite"
+        path.write_bytes(content)
+        probs = Interpreter(content, mean, std)(x_seeds)
+        predictions[variant] = probs.argmax(1)
+        report["variants"][variant] = {
+            "bytes": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "seed_accuracy": float((predictions[variant] == y_seeds).mean()),
+            "disagrees_with_float32": int((predictions[variant] != predictions["float32"]).sum()),
+        }
+
+    keras_path = MODELS_DIR / f"{name}.keras"
+    export = _uncompiled_copy(model)
+    export.save(keras_path)
+    if keras_path.stat().st_size > MAX_KERAS_BYTES:
+        keras_path.unlink()
+        report["keras"] = None
+    else:
+        report["keras"] = {"bytes": keras_path.stat().st_size}
+    held_out = model.predict(normalize(data.x_test, mean, std), verbose=0).argmax(1)
+    report["keras_held_out_accuracy"] = float((held_out == data.y_test).mean())
+    report["params"] = int(model.count_params())
+    return report
+
+
+def _uncompiled_copy(model):
+    """A weight-identical copy without optimizer state (a third of the size; repair recompiles)."""
+    copy = build_model(model.input_shape[1:])  # keras.models.clone_model keeps the compile state
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, rendering and training")
+    parser.add_argument("--only", choices=sorted(DATASETS), action="append", help="make only this fixture")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    reports = [make(name, args.seed) for name in (args.only or DATASETS)]
+    for r in reports:
+        print(f"{r['name']}: {r['params']} params, {r['train_images']} training images, {r['seeds']} seeds, "
+              f"held-out accuracy (Keras, {HELD_OUT_COUNT} images) {r['keras_held_out_accuracy']:.3f}, "
+              f"mean {np.round(r['mean'], 2).tolist()} std {np.round(r['std'], 2).tolist()}, "
+              f"keras {r['keras']['bytes'] if r['keras'] else 'not saved (too big)'} bytes")
+        for variant, v in r["variants"].items():
+            print(f"  {variant:8s} {v['bytes']:7d} bytes  seed accuracy {v['seed_accuracy']:.3f}  "
+                  f"disagrees with float32 on {v['disagrees_with_float32']}/{r['seeds']} seeds")
+    total = sum(f.stat().st_size for d in (MODELS_DIR, SEEDS_DIR) for f in d.iterdir() if f.is_file())
+    print(f"fixtures total: {total} bytes")
+    print(json.dumps(reports, indent=1) if os.environ.get("FIXTURES_JSON") else "", end="")
+    if total > MAX_TOTAL_BYTES:
+        print(f"fixtures are {total} bytes, over the {MAX_TOTAL_BYTES}-byte budget: shrink the models",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
