@@ -58,5 +58,45 @@ class DeployError(Error):
     """Deploying the agent to a device failed; subclasses name the stage."""
 
 
+class DeviceDeployError(DeployError):
+    """A deploy stage failed on one device; the message starts with the device (``adb://SERIAL``)."""
+
+    def __init__(self, device: object, msg: str) -> None:
+        self.device = device
+        super().__init__(f"{device}: {msg}")
+
+
+class DeviceConnectError(DeviceDeployError):
+    """Stage connect: the device could not be reached over adb."""
+
+
+class DeviceNotAuthorizedError(DeviceConnectError):
+    """Stage connect: the device did not accept this host's adb key."""
+
+
+class DeviceCheckError(DeviceDeployError):
+    """Stage check: the device cannot run the agent (ABI, Python, modules, free space)."""
+
+
+class UnsupportedAbiError(DeviceCheckError):
+    """Stage check: no agent build for the device's CPU ABI."""
+
+
+class NoPythonError(DeviceCheckError):
+    """Stage check: no usable Python interpreter on the device."""
+
+
+class PushError(DeviceDeployError):
+    """Stage push: copying the agent or its token to the device failed."""
+
+
+class AgentStartError(DeviceDeployError):
+    """Stage start: the agent process died or never became healthy; the message has its log tail."""
+
+
+class ForwardError(DeviceDeployError):
+    """Stage forward: the host port could not be forwarded to the agent."""
+
+
 class CampaignError(Error):
     """A campaign cannot start or resume (e.g. its stored config differs)."""
