@@ -8,10 +8,17 @@ the mean absolute difference of the probability vectors, and each column's laten
 reports it.
 
 Latency is measured the way ``benchmark_model`` does: untimed warm-up runs first (the first
-invocations pay for allocation, XNNPACK weight packing and cold caches), then timed runs, each a
-single ``session.infer`` of one batch on a monotonic clock; a run's time divided by its batch size
-is one per-image sample. With batch size 1 the samples are exactly benchmark_model's per-run times.
-Timed runs cycle over the seed batches until at least ``min_runs`` samples exist.
+invocations pay for allocation, XNNPACK weight packing and cold caches), then timed runs, one
+``session.infer`` of one batch each; a run's time divided by its batch size is one per-image
+sample, and timed runs cycle over the seed batches until at least ``min_runs`` samples exist. Two
+figures per column:
+
+* ``latency``: the interpreter's own ``invoke()`` time as the target reports it (a local session's
+  ``runner.last_invoke_s``, or a remote session's ``last_invoke_ms``): benchmark_model's figure,
+  free of preprocessing, transport and output copies. Its ``source`` is ``"invoke"``. A target
+  that reports nothing falls back to the host's wall clock (``source`` ``"host"``).
+* ``host_latency``: the host's wall clock around each ``infer`` call (what a caller of the target
+  pays, including preprocessing and, for a remote target, the RPC).
 """
 
 from __future__ import annotations
@@ -133,9 +140,11 @@ class LatencyStats:
     runs: int
     batch_size: int
     warmup_runs: int
+    source: str = "host"  # "invoke": the interpreter's own timing; "host": wall clock around infer()
 
     @classmethod
-    def from_samples(cls, per_image_ms: Sequence[float], batch_size: int, warmup_runs: int) -> LatencyStats:
+    def from_samples(cls, per_image_ms: Sequence[float], batch_size: int, warmup_runs: int,
+                     source: str = "host") -> LatencyStats:
         """Summarize per-image samples (each a run's milliseconds divided by its batch size).
 
         Raises:
@@ -146,7 +155,7 @@ class LatencyStats:
         a = np.asarray(per_image_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
         return cls(float(a.mean()), float(a.std()), float(a.min()), float(p50), float(p90), float(p99),
-                   float(a.max()), int(a.size), batch_size, warmup_runs)
+                   float(a.max()), int(a.size), batch_size, warmup_runs, source)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -161,8 +170,8 @@ class Column:
     role: str  # "compressed" or "original"
     model: dict[str, Any]
     probs: np.ndarray | None = None
-    latency: LatencyStats | None = None
-    device_latency: LatencyStats | None = None  # the target's own per-call timing, when it reports one
+    latency: LatencyStats | None = None  # benchmark_model-style: the target's invoke() time if reported
+    host_latency: LatencyStats | None = None  # the host's wall clock around each infer() call
     peak_memory_bytes: int | None = None
     delegated_nodes: int | None = None
     target_info: dict[str, Any] = field(default_factory=dict)
@@ -184,7 +193,7 @@ class Column:
             "target": self.spec.to_dict(),
             "model": self.model,
             "latency_ms": self.latency.to_dict() if self.latency else None,
-            "device_latency_ms": self.device_latency.to_dict() if self.device_latency else None,
+            "host_latency_ms": self.host_latency.to_dict() if self.host_latency else None,
             "peak_memory_bytes": self.peak_memory_bytes,
             "delegated_nodes": self.delegated_nodes,
             "target_info": self.target_info,
@@ -304,6 +313,21 @@ def load_seed_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y
 
 
+def reported_invoke_ms(session: Session) -> float | None:
+    """The target's own timing of the last ``infer`` call's ``invoke()``, in ms, if it reports one.
+
+    A remote session reports it as ``last_invoke_ms``; a local session through its runner's
+    ``last_invoke_s``.
+    """
+    value = getattr(session, "last_invoke_ms", None)
+    if value is None:
+        seconds = getattr(getattr(session, "runner", None), "last_invoke_s", None)
+        value = None if seconds is None else seconds * 1e3
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
 def measure_session(
     session: Session,
     seeds: np.ndarray,
@@ -311,7 +335,7 @@ def measure_session(
     warmup_runs: int = DEFAULT_WARMUP_RUNS,
     min_runs: int = DEFAULT_MIN_RUNS,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[np.ndarray, LatencyStats, LatencyStats | None]:
+) -> tuple[np.ndarray, LatencyStats, LatencyStats]:
     """Run every seed through a session, timing each batch after warm-up.
 
     Args:
@@ -323,8 +347,8 @@ def measure_session(
         clock: a monotonic clock in seconds (injected in tests).
 
     Returns:
-        (outputs for every seed in order, host-measured per-image latency, the target's own per-image
-        latency when the session reports ``last_latency_ms`` after each call, else ``None``).
+        (outputs for every seed in order, per-image latency (the target's invoke timing when it
+        reports one on every call, else the host's), the host's per-image wall-clock latency).
 
     Raises:
         ValueError: no seeds, or a batch size below 1.
@@ -339,7 +363,7 @@ def measure_session(
         session.infer(batches[0])
     outputs: list[np.ndarray] = []
     host_ms: list[float] = []
-    device_ms: list[float] = []
+    invoke_ms: list[float] = []
     runs = max(min_runs, len(batches))
     for k in range(runs):
         batch = batches[k % len(batches)]
@@ -347,15 +371,16 @@ def measure_session(
         out = session.infer(batch)
         elapsed_ms = (clock() - start) * 1e3
         host_ms.append(elapsed_ms / len(batch))
-        reported = getattr(session, "last_latency_ms", None)
-        if isinstance(reported, (int, float)) and math.isfinite(reported):
-            device_ms.append(float(reported) / len(batch))
+        reported = reported_invoke_ms(session)
+        if reported is not None:
+            invoke_ms.append(reported / len(batch))
         if k < len(batches):
             outputs.append(np.asarray(out, dtype=np.float32))
     probs = np.concatenate(outputs)
-    host = LatencyStats.from_samples(host_ms, batch_size, warmup_runs)
-    device = LatencyStats.from_samples(device_ms, batch_size, warmup_runs) if len(device_ms) == runs else None
-    return probs, host, device
+    host = LatencyStats.from_samples(host_ms, batch_size, warmup_runs, "host")
+    if len(invoke_ms) == runs:
+        return probs, LatencyStats.from_samples(invoke_ms, batch_size, warmup_runs, "invoke"), host
+    return probs, host, host
 
 
 def _unique_labels(specs: Sequence[TargetSpec]) -> list[str]:
@@ -438,7 +463,7 @@ def run_compare(
                 column.target_info = _safe_info(target)
                 session = target.load(loaded)
                 sessions[label] = session
-                column.probs, column.latency, column.device_latency = measure_session(
+                column.probs, column.latency, column.host_latency = measure_session(
                     session, seeds, batch_size, warmup_runs, min_runs)
                 column.peak_memory_bytes = _peak_memory(session, target)
                 column.delegated_nodes = getattr(session, "delegated_nodes", None)

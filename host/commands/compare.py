@@ -198,15 +198,15 @@ def print_tables(result: CompareResult) -> None:
     console.print(pairs)
 
     latency = Table(title="Latency per image (ms)")
-    for name in ("column", "mean", "p50", "p90", "p99", "runs x batch", "device p50", "peak memory"):
-        latency.add_column(name, justify="left" if name == "column" else "right")
+    for name in ("column", "mean", "p50", "p90", "p99", "runs x batch", "source", "host mean", "peak memory"):
+        latency.add_column(name, justify="left" if name == "column" else "right", overflow="fold")
     for c in result.columns:
         if not c.ok or c.latency is None:
-            latency.add_row(c.label, f"[red]{c.error}[/red]", "", "", "", "", "", "")
+            latency.add_row(c.label, f"[red]{c.error}[/red]", "", "", "", "", "", "", "")
             continue
         lat = c.latency
-        device = f"{c.device_latency.p50_ms:.3f}" if c.device_latency else "-"
+        host = f"{c.host_latency.mean_ms:.3f}" if c.host_latency else "-"
         memory = f"{c.peak_memory_bytes / 2**20:.1f} MiB" if c.peak_memory_bytes else "-"
         latency.add_row(c.label, f"{lat.mean_ms:.3f}", f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}",
-                        f"{lat.p99_ms:.3f}", f"{lat.runs} x {lat.batch_size}", device, memory)
+                        f"{lat.p99_ms:.3f}", f"{lat.runs} x {lat.batch_size}", lat.source, host, memory)
     console.print(latency)

@@ -77,14 +77,34 @@ def test_measure_session_times_each_batch_after_warmup_and_keeps_seed_order():
     clock = [0.0]
     session = _CountingSession(clock)
     seeds = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    probs, latency, device = measure_session(session, seeds, batch_size=4, warmup_runs=2, min_runs=7,
+    probs, latency, host = measure_session(session, seeds, batch_size=4, warmup_runs=2, min_runs=7,
                                              clock=lambda: clock[0])
     # 2 warm-up calls on the first batch, then 7 timed calls cycling over batches of 4, 4, 2.
     assert session.calls == [4, 4, 4, 4, 2, 4, 4, 2, 4]
     assert np.array_equal(probs.argmax(1), np.arange(10))
     assert latency.runs == 7 and latency.batch_size == 4 and latency.warmup_runs == 2
     assert latency.p50_ms == pytest.approx(2.0) and latency.p99_ms == pytest.approx(2.0)
-    assert device is None  # the session reports no latency of its own
+    assert latency.source == "host" and host == latency  # the session reports no timing of its own
+
+
+def test_measure_session_prefers_the_targets_own_invoke_timing():
+    clock = [0.0]
+    session = _CountingSession(clock)
+    session.last_invoke_ms = 1.0  # a remote session's report: 1 ms per call, whatever the batch
+    seeds = np.zeros((8, 1, 1, 1), np.uint8)
+    _, latency, host = measure_session(session, seeds, batch_size=4, warmup_runs=0, min_runs=4,
+                                       clock=lambda: clock[0])
+    assert latency.source == "invoke" and latency.mean_ms == pytest.approx(0.25)
+    assert host.source == "host" and host.mean_ms == pytest.approx(2.0)
+
+
+def test_local_sessions_report_invoke_time():
+    session = open_target("local:").load(ModelSpec.from_path(INT8, preprocessing=PREPROCESSING))
+    with np.load(SEEDS) as data:
+        x = data["x"][:16]
+    _, latency, host = measure_session(session, x, batch_size=8, warmup_runs=1, min_runs=4)
+    assert latency.source == "invoke" and latency.runs == 4
+    assert 0 < latency.mean_ms <= host.mean_ms  # invoke() is part of each timed call
 
 
 def test_latency_percentiles_match_numpy():
@@ -159,6 +179,7 @@ def test_compare_matrix_matches_direct_computation(tmp_path, capsys, seed_set):
     for column in summary["columns"]:
         assert column["error"] == ""
         assert 0 < column["latency_ms"]["p50_ms"] <= column["latency_ms"]["p99_ms"]
+        assert column["latency_ms"]["source"] == "invoke"
         assert column["latency_ms"]["runs"] == -(-len(x) // 16)  # every seed batch timed once
     html = (out / "compare.html").read_text()
     assert "local:/xnnpack" in html and f"{xr['disagreements']}/{len(x)}" in html
