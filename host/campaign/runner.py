@@ -1,0 +1,358 @@
+"""Run a campaign: load models and seeds, resume from the store, search, store each seed, write reports.
+
+The lifecycle, once: models are read and checked (both TFLite, same input shape and classes) ->
+seeds are read and checked against that shape -> the store is opened (a different stored campaign is
+refused) -> this run and its targets are recorded -> the requested seed list is recorded (once) ->
+unfinished seeds get the agreement check (seeds the two models already disagree on, or that
+mismatch their label, are stored as ``skipped``) -> the agreeing ones are searched, and each result
+is stored in one transaction the moment it arrives, then its artifacts are written -> the reports
+are rebuilt from the store. On Ctrl-C the reports are still written from what finished, and the
+interrupt is re-raised; a SIGKILL loses at most the seeds in flight, never a stored one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from device_agent.runtime import ModelFormatError, Preprocessing, check_tflite_bytes
+from host.campaign import artifacts
+from host.campaign.config import CampaignConfig
+from host.campaign.progress import ProgressReporter, default_progress
+from host.campaign.seeds import SeedSet, load_seeds
+from host.campaign.store import CampaignStore, RequestedSeed
+from host.errors import CampaignError, ConfigError, ModelError
+from host.report.writer import ReportPaths, write_reports
+from host.search.results import SeedResult, SeedStatus
+from host.targets.base import ModelSpec, Session, Target
+
+log = logging.getLogger(__name__)
+
+#: Seeds per batch in the agreement check: 64 images of 32x32x3 are 192 KiB, well under gRPC's
+#: default 4 MiB message limit, and big enough to amortize a round trip to a device.
+AGREEMENT_BATCH = 64
+
+#: The lock file that keeps two ``dflare run`` processes from writing one output directory.
+LOCK_NAME = ".lock"
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What the search engine gets: two loaded models and the seeds left to search.
+
+    ``seed_indices[i]`` is the campaign index of ``images[i]``; results must carry campaign indices.
+    """
+
+    original: Session
+    compressed: Session
+    images: np.ndarray
+    seed_indices: list[int]
+    labels: list[int]
+    config: CampaignConfig
+    original_target: Target | None = None
+    compressed_target: Target | None = None
+
+
+#: A search: yields one :class:`SeedResult` per seed of the job, in any order, as each finishes.
+SearchFn = Callable[[SearchJob], Iterable[SeedResult]]
+
+
+def engine_search(job: SearchJob) -> Iterator[SeedResult]:
+    """Search through the engine's programmatic API, ``host.search.run``.
+
+    Raises:
+        CampaignError: this build has no search engine yet.
+    """
+    try:
+        from host.search import run as search_run
+    except ImportError:
+        raise CampaignError("the search engine (host.search.run) is not available in this build") from None
+    cfg = job.config
+    yield from search_run(  # type: ignore[misc]
+        job.original, job.compressed, job.images, seed_indices=job.seed_indices, labels=job.labels,
+        algo=cfg.algo, max_queries=cfg.max_queries, timeout_s=cfg.timeout_s, rng_seed=cfg.seed,
+        reruns=cfg.reruns,
+    )
+
+
+@dataclass
+class CampaignOutcome:
+    """How a ``run`` ended and what it wrote."""
+
+    status: str  # "completed" or "interrupted"
+    reports: ReportPaths
+    searched_this_run: int = 0
+    skipped_this_run: int = 0
+    resumed_from: int = 0  # seeds already finished before this run
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.reports.summary
+
+    @property
+    def triggered(self) -> int:
+        return int(self.summary["triggered"])
+
+
+def read_model(path: Path, role: str, delegate: str, config: CampaignConfig) -> ModelSpec:
+    """Read a model file, check it is TFLite, and attach its delegate, threads and preprocessing.
+
+    Raises:
+        ModelError: the file is missing, unreadable or not a TFLite model.
+    """
+    preprocessing = preprocessing_from(config)
+    try:
+        spec = ModelSpec.from_path(path, delegate=delegate, threads=config.threads, preprocessing=preprocessing)
+    except ModuleNotFoundError as exc:  # host.model_metadata not built yet: raw pixels unless flags say more
+        if exc.name != "host.model_metadata":
+            raise
+        spec = ModelSpec.from_path(path, delegate=delegate, threads=config.threads, preprocessing=Preprocessing())
+    try:
+        check_tflite_bytes(spec.content)
+    except ModelFormatError as exc:
+        raise ModelError(f"the {role} model {path} is not a TFLite model: {exc}") from None
+    return spec
+
+
+def preprocessing_from(config: CampaignConfig) -> Preprocessing | None:
+    """Preprocessing from the config's mean/std/scale, or ``None`` to use the model's metadata."""
+    if config.scale is not None:
+        return Preprocessing((0.0,), (1.0 / config.scale,))
+    if config.mean is not None or config.std is not None:
+        return Preprocessing(config.mean or (0.0,), config.std or (1.0,))
+    return None
+
+
+def open_target(uri: str, config: CampaignConfig) -> Target:
+    """Build the target for a URI (``local:``, ``grpc://HOST:PORT``, ``adb://SERIAL``).
+
+    Raises:
+        ConfigError: the URI's scheme is not supported by this build.
+    """
+    import host.targets as targets
+
+    factory = getattr(targets, "open_target", None)
+    if factory is not None:
+        return factory(uri, token_file=config.token_file)
+    if uri == "local:":
+        from host.targets.local import LocalTarget
+
+        return LocalTarget()
+    if uri.startswith("grpc://"):
+        try:
+            from host.targets.remote import RemoteTarget
+        except ImportError:
+            raise ConfigError(f"{uri}: gRPC targets are not available in this build") from None
+        token = None
+        if config.token_file is not None:
+            try:
+                token = Path(config.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read token file {config.token_file}: {exc.strerror}") from None
+        return RemoteTarget(uri, token=token or os.environ.get("DFLARE_TOKEN"))
+    raise ConfigError(f"{uri}: unsupported target URI (expected local: or grpc://HOST:PORT)")
+
+
+def _model_view(session: Session, spec: ModelSpec) -> dict[str, Any]:
+    view = spec.describe()
+    view["input"] = session.input_spec.to_dict()
+    for name in ("delegated_nodes", "cpu_ops"):
+        if hasattr(session, name):
+            view[name] = getattr(session, name)
+    return view
+
+
+class CampaignRunner:
+    """Runs one campaign to completion (or interruption), resumable from its store.
+
+    Args:
+        config: the campaign's settings.
+        force_new: archive a stored campaign with other settings instead of refusing to resume.
+        search: the search to run (default: the engine, :func:`engine_search`).
+        progress: where progress goes (default: a rich bar on a terminal, log lines otherwise).
+        argv: the command line, recorded with the run.
+        target_factory: builds a target from a URI (tests may pass already running targets).
+    """
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        force_new: bool = False,
+        search: SearchFn | None = None,
+        progress: ProgressReporter | None = None,
+        argv: Sequence[str] = (),
+        target_factory: Callable[[str, CampaignConfig], Target] | None = None,
+    ) -> None:
+        self.config = config
+        self.force_new = force_new
+        self.search = search or engine_search
+        self.progress = progress or default_progress()
+        self.argv = list(argv)
+        self.target_factory = target_factory or open_target
+        self._labels: dict[int, int] = {}  # seed index -> the label both models agree on
+
+    # -- the lifecycle ------------------------------------------------------------------------
+    def run(self) -> CampaignOutcome:
+        """Run (or resume) the campaign and write every output.
+
+        Returns:
+            How it ended and the reports written.
+
+        Raises:
+            ModelError, SeedError, ConfigError: the inputs are unusable (exit code 2).
+            TargetUnreachableError: a target cannot be reached (exit code 3).
+            CampaignError: the output directory holds another campaign, or is in use.
+            KeyboardInterrupt: after the reports of the finished seeds were written.
+        """
+        cfg = self.config
+        original_spec = read_model(cfg.original, "original", cfg.reference_delegate, cfg)
+        compressed_spec = read_model(cfg.compressed, "compressed", cfg.delegate, cfg)
+        out_dir = Path(cfg.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_dir_lock(out_dir))
+            targets = self._open_targets(stack)
+            original = targets[cfg.reference_target].load(original_spec)
+            stack.callback(original.close)
+            compressed = targets[cfg.target].load(compressed_spec)
+            stack.callback(compressed.close)
+            image_shape = _check_models_fit(original, compressed, cfg)
+            seeds = load_seeds(cfg.seeds, image_shape, resize=cfg.resize, limit=cfg.limit)
+            store = CampaignStore.create_or_resume(
+                out_dir, cfg, {"original": original_spec.sha256, "compressed": compressed_spec.sha256},
+                seeds.digest(), force_new=self.force_new,
+            )
+            stack.callback(store.close)
+            store.begin_run(self.argv, {
+                "compressed": {"uri": cfg.target, "device": targets[cfg.target].info(),
+                               "model": _model_view(compressed, compressed_spec)},
+                "original": {"uri": cfg.reference_target, "device": targets[cfg.reference_target].info(),
+                             "model": _model_view(original, original_spec)},
+            })
+            store.record_requested(RequestedSeed(i, seeds.label(i), seeds.names[i]) for i in range(len(seeds)))
+            return self._run_stored(store, seeds, original, compressed, targets)
+
+    def _open_targets(self, stack: contextlib.ExitStack) -> dict[str, Target]:
+        targets: dict[str, Target] = {}
+        for uri in dict.fromkeys([self.config.target, self.config.reference_target]):
+            target = self.target_factory(uri, self.config)
+            stack.callback(target.close)
+            targets[uri] = target
+        return targets
+
+    def _run_stored(self, store: CampaignStore, seeds: SeedSet, original: Session, compressed: Session,
+                    targets: dict[str, Target]) -> CampaignOutcome:
+        out_dir = Path(self.config.out)
+        finished = store.finished_indices()
+        already_triggered = sum(r.triggered for r in store.outcomes())
+        pending = [i for i in range(len(seeds)) if i not in finished]
+        outcome = CampaignOutcome("interrupted", None, resumed_from=len(finished))  # type: ignore[arg-type]
+        self.progress.start(len(seeds), len(finished), already_triggered)
+        status = "failed"
+        try:
+            agreeing = self._agreement_check(store, seeds, pending, original, compressed, outcome)
+            if agreeing:
+                job = SearchJob(original, compressed, seeds.x[agreeing], agreeing,
+                                [self._labels[i] for i in agreeing], self.config,
+                                targets[self.config.reference_target], targets[self.config.target])
+                self._consume(store, seeds, job, outcome)
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.progress.finish()
+            store.end_run(status)
+            outcome.status = status
+            outcome.reports = write_reports(store, out_dir)
+        return outcome
+
+    def _agreement_check(self, store: CampaignStore, seeds: SeedSet, pending: list[int], original: Session,
+                         compressed: Session, outcome: CampaignOutcome) -> list[int]:
+        """Run both models on the pending seeds; store the ones they disagree on as skipped."""
+        agreeing: list[int] = []
+        for start in range(0, len(pending), AGREEMENT_BATCH):
+            batch = pending[start:start + AGREEMENT_BATCH]
+            t0 = time.monotonic()
+            probs_o = original.infer(seeds.x[batch])
+            probs_c = compressed.infer(seeds.x[batch])
+            per_seed_s = (time.monotonic() - t0) / len(batch)
+            for k, index in enumerate(batch):
+                lo, lc = int(np.argmax(probs_o[k])), int(np.argmax(probs_c[k]))
+                y = seeds.label(index)
+                reason = ""
+                if lo != lc:
+                    reason = f"the models disagree on the seed itself (original {lo}, compressed {lc})"
+                elif y is not None and lo != y:
+                    reason = f"both models say {lo} but the seed's label is {y}"
+                if not reason:
+                    self._labels[index] = lo
+                    agreeing.append(index)
+                    continue
+                result = SeedResult(index, SeedStatus.skipped, lo if y is None else y, queries=2,
+                                    seconds=per_seed_s, algo=self.config.algo, exit_reason=reason,
+                                    label_original=lo, label_compressed=lc)
+                record = store.record_result(result)
+                outcome.skipped_this_run += 1
+                self.progress.seed_finished(record)
+        return agreeing
+
+    def _consume(self, store: CampaignStore, seeds: SeedSet, job: SearchJob, outcome: CampaignOutcome) -> None:
+        wanted = set(job.seed_indices)
+        for result in self.search(job):
+            if result.seed_index not in wanted:
+                raise CampaignError(f"the search returned seed {result.seed_index}, which it was not asked for "
+                                    "(or returned it twice)")
+            wanted.discard(result.seed_index)
+            record = store.record_result(result, seeds.x[result.seed_index])
+            if result.image is not None and result.status in (SeedStatus.triggered, SeedStatus.flaky):
+                for input_record in store.inputs_of(result.seed_index):
+                    artifacts.write_input(self.config.out, input_record)
+            outcome.searched_this_run += 1
+            self.progress.seed_finished(record)
+        if wanted:
+            log.warning("the search ended without results for %d seed(s): %s", len(wanted), sorted(wanted)[:20])
+
+
+def _check_models_fit(original: Session, compressed: Session, cfg: CampaignConfig) -> tuple[int, int, int]:
+    shape_o = tuple(int(d) for d in original.input_spec.shape[1:])
+    shape_c = tuple(int(d) for d in compressed.input_spec.shape[1:])
+    if shape_o != shape_c:
+        raise ModelError(f"input shape mismatch: the original model {cfg.original} takes {shape_o} images, "
+                         f"the compressed model {cfg.compressed} takes {shape_c}; they must be the same model")
+    classes_o = int(np.prod(original.output_specs[0].shape[1:]))
+    classes_c = int(np.prod(compressed.output_specs[0].shape[1:]))
+    if classes_o != classes_c:
+        raise ModelError(f"output mismatch: the original model has {classes_o} classes, the compressed one "
+                         f"{classes_c}; they must be the same classifier")
+    if len(shape_o) != 3:
+        raise ModelError(f"the models take input of shape {shape_o}; expected (H, W, C) images")
+    return shape_o  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _dir_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the output directory (POSIX ``flock``; released by the OS if killed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, documented
+        yield
+        return
+    with open(out_dir / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CampaignError(f"{out_dir} is in use by another dflare run (lock {out_dir / LOCK_NAME}); "
+                                "wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

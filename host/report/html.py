@@ -1,0 +1,167 @@
+"""``report.html``: one self-contained page (no external files or scripts; images inlined as data URIs).
+
+Sections: the campaign header (models, digests, device info, delegates, runtime versions), the
+summary numbers, two matplotlib plots (queries per seed; cumulative triggered vs queries), and a
+gallery of deviating inputs, each with its seed, the mutant, an amplified difference image, the two
+models' top-5 probabilities and the mutation trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from host.campaign.artifacts import png_bytes
+from host.campaign.store import CampaignStore, InputRecord
+from host.search.results import SeedStatus
+
+REPORT_NAME = "report.html"
+TEMPLATE_NAME = "report.html.j2"
+
+#: Inputs shown in the gallery; beyond that the page would grow without bound (each entry is a few
+#: KB of inlined images). The rest are listed in summary.json and inputs/.
+MAX_GALLERY_INPUTS = 200
+
+#: Displayed size of the small gallery images, in CSS pixels (28x28 seeds scaled up 4x, pixelated).
+IMAGE_DISPLAY_PX = 112
+
+#: Classes shown in each probability chart (DFlare reports top-5).
+TOP_K = 5
+
+#: Plot size in inches at PLOT_DPI: wide enough to read at a laptop's width, small when inlined.
+PLOT_SIZE_IN = (6.0, 3.2)
+PLOT_DPI = 100
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def amplified_difference(mutant: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, float]:
+    """|mutant - seed| stretched so its largest value is 255; returns the image and the gain used."""
+    diff = np.abs(mutant.astype(np.int16) - seed.astype(np.int16))
+    peak = int(diff.max())
+    gain = 255.0 / peak if peak else 1.0
+    return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), gain
+
+
+def top_k(probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
+    """The ``k`` most probable classes as ``{"label", "prob", "pct"}`` (pct of the bar width)."""
+    probs = np.asarray(probs, np.float64)
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": int(i), "prob": float(probs[i]), "pct": max(0.0, min(100.0, 100.0 * float(probs[i])))}
+            for i in order]
+
+
+def _gallery_item(record: InputRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "record": record.to_dict(),
+        "mutant": data_uri(png_bytes(record.image)),
+        "seed": None,
+        "diff": None,
+        "gain": None,
+        "l_inf": None,
+        "top_original": top_k(record.probs_original),
+        "top_compressed": top_k(record.probs_compressed),
+    }
+    if record.seed_image is not None:
+        diff, gain = amplified_difference(record.image, record.seed_image)
+        item.update(seed=data_uri(png_bytes(record.seed_image)), diff=data_uri(png_bytes(diff)),
+                    gain=gain, l_inf=int(np.abs(record.image.astype(np.int16) - record.seed_image).max()))
+    return item
+
+
+def _plot_png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return data_uri(buf.getvalue())
+
+
+def plots(store: CampaignStore) -> dict[str, str]:
+    """The two plots as PNG data URIs: ``queries_per_seed`` and ``cumulative``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in store.outcomes() if r.status is not SeedStatus.skipped]
+    out: dict[str, str] = {}
+    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+    if records:
+        groups = [(s, [r.queries for r in records if r.status is s]) for s in
+                  (SeedStatus.triggered, SeedStatus.flaky, SeedStatus.exhausted)]
+        groups = [(s, q) for s, q in groups if q]
+        top = max(r.queries for r in records)
+        bins = np.linspace(0, max(top, 1), 31)
+        colors = {SeedStatus.triggered: "#c0392b", SeedStatus.flaky: "#e67e22", SeedStatus.exhausted: "#7f8c8d"}
+        ax.hist([q for _, q in groups], bins=bins, stacked=True, label=[s.value for s, _ in groups],
+                color=[colors[s] for s, _ in groups])
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no seeds searched yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("queries spent on the seed")
+    ax.set_ylabel("seeds")
+    ax.set_title("Queries per seed")
+    out["queries_per_seed"] = _plot_png(fig)
+
+    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+    if records:
+        queries = np.cumsum([r.queries for r in records])
+        hits = np.cumsum([r.status is SeedStatus.triggered for r in records])
+        ax.step(np.concatenate([[0], queries]), np.concatenate([[0], hits]), where="post", color="#c0392b")
+    else:
+        ax.text(0.5, 0.5, "no seeds searched yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("cumulative queries (seeds in order of completion)")
+    ax.set_ylabel("triggering inputs")
+    ax.set_title("Triggered vs queries")
+    out["cumulative"] = _plot_png(fig)
+    return out
+
+
+def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
+    """Render the report page from the store and an already computed summary."""
+    import jinja2
+
+    from host import __version__
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    records = store.inputs()
+    triggered = [r for r in records if r.status is SeedStatus.triggered]
+    flaky = [r for r in records if r.status is SeedStatus.flaky]
+    shown = (triggered + flaky)[:MAX_GALLERY_INPUTS]
+    context = {
+        "title": f"dflare-edge report: {summary['config'].get('algo', '')}",
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "tool_version": __version__,
+        "summary": summary,
+        "config": summary["config"],
+        "targets": summary["per_target"],
+        "gallery": [_gallery_item(r) for r in shown],
+        "hidden_inputs": len(records) - len(shown),
+        "plots": plots(store),
+        "image_px": IMAGE_DISPLAY_PX,
+        "top_k": TOP_K,
+    }
+    return env.get_template(TEMPLATE_NAME).render(**context)
+
+
+def write_html(store: CampaignStore, summary: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` atomically; return its path."""
+    path = Path(out_dir) / REPORT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_html(store, summary), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,129 @@
+"""``summary.json``: the campaign's numbers, computed from the store alone.
+
+The first seven keys are the ``dflare run --json`` contract (DESIGN.md §5):
+
+    seeds                 seeds searched (requested seeds both models agree on, finished so far)
+    triggered             seeds with a reproduced triggering input
+    success_rate          triggered / seeds
+    queries_per_trigger   mean queries spent on a seed that triggered (None when none did)
+    seconds_per_trigger   mean seconds spent on a seed that triggered (None when none did)
+    total_queries         every query of the campaign, skipped seeds' agreement checks included
+    out                   the output directory
+
+The rest add detail: counts per status, the skipped seeds and why, per-algorithm and per-target
+figures, the models, the config, and whether every requested seed has finished (``complete``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+from host.campaign.store import CampaignStore, SeedRecord
+from host.search.results import SeedStatus
+
+SUMMARY_NAME = "summary.json"
+
+#: Keys ``dflare run --json`` prints, in order.
+JSON_KEYS = ("seeds", "triggered", "success_rate", "queries_per_trigger", "seconds_per_trigger",
+             "total_queries", "out")
+
+
+def figures(records: Iterable[SeedRecord]) -> dict[str, Any]:
+    """Success rate and cost figures over finished seeds (skipped seeds count only in ``total_queries``)."""
+    records = list(records)
+    searched = [r for r in records if r.status is not SeedStatus.skipped]
+    hits = [r for r in searched if r.status is SeedStatus.triggered]
+    by_status = {s.value: sum(r.status is s for r in records) for s in SeedStatus}
+    return {
+        "seeds": len(searched),
+        "triggered": len(hits),
+        "success_rate": len(hits) / len(searched) if searched else 0.0,
+        "queries_per_trigger": statistics.fmean(r.queries for r in hits) if hits else None,
+        "seconds_per_trigger": statistics.fmean(r.seconds for r in hits) if hits else None,
+        "median_queries_per_trigger": statistics.median(r.queries for r in hits) if hits else None,
+        "total_queries": sum(r.queries for r in records),
+        "total_seconds": sum(r.seconds for r in records),
+        "flaky": by_status[SeedStatus.flaky.value],
+        "exhausted": by_status[SeedStatus.exhausted.value],
+        "skipped": by_status[SeedStatus.skipped.value],
+    }
+
+
+def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
+    """Compute the summary from the store.
+
+    Args:
+        store: the campaign store.
+        out_dir: the campaign's output directory (reported as ``out``).
+
+    Returns:
+        A JSON-ready dict whose first keys are :data:`JSON_KEYS`.
+    """
+    records = store.outcomes()
+    requested = store.requested()
+    finished = {r.seed_index for r in records}
+    fig = figures(records)
+    config = store.config_dict()
+    per_algorithm = {}
+    for algo in sorted({r.algo for r in records if r.status is not SeedStatus.skipped}):
+        per_algorithm[algo] = figures(r for r in records if r.algo == algo and r.status is not SeedStatus.skipped)
+    targets = store.targets()
+    models = store.model_digests()
+    per_target = {}
+    for role, key, delegate_key in (("compressed", "target", "delegate"),
+                                    ("original", "reference_target", "reference_delegate")):
+        info = targets.get(role, {})
+        per_target[role] = {
+            "uri": info.get("uri", config.get(key)),
+            "delegate": config.get(delegate_key),
+            "model": info.get("model", {}),
+            "model_sha256": models.get(role),
+            "device": info.get("device", {}),
+        }
+    summary: dict[str, Any] = {key: fig[key] for key in JSON_KEYS if key != "out"}
+    summary["out"] = str(out_dir)
+    summary.update({
+        "complete": finished >= {s.seed_index for s in requested},
+        "seeds_requested": len(requested),
+        "seeds_finished": len(records),
+        "seeds_unfinished": len(requested) - len(finished & {s.seed_index for s in requested}),
+        "flaky": fig["flaky"],
+        "exhausted": fig["exhausted"],
+        "skipped": fig["skipped"],
+        "median_queries_per_trigger": fig["median_queries_per_trigger"],
+        "total_seconds": fig["total_seconds"],
+        "skipped_seeds": [{"seed_index": r.seed_index, "reason": r.exit_reason}
+                          for r in sorted(records, key=lambda r: r.seed_index) if r.status is SeedStatus.skipped],
+        "triggering_inputs": [
+            {"seed_index": i.seed_index, "n": i.n, "status": i.status.value, "label_original": i.label_original,
+             "label_compressed": i.label_compressed, "queries": i.queries, "seconds": i.seconds,
+             "reproduced": i.reproduced, "png": f"inputs/{i.stem}.png", "npy": f"inputs/{i.stem}.npy"}
+            for i in store.inputs()
+        ],
+        "per_algorithm": per_algorithm,
+        "per_target": per_target,
+        "algo": config.get("algo"),
+        "config": config,
+        "models": models,
+        "runs": store.runs(),
+    })
+    return summary
+
+
+def json_view(summary: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` output: the contract keys only."""
+    return {key: summary[key] for key in JSON_KEYS}
+
+
+def write_summary(store: CampaignStore, out_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Write ``out_dir/summary.json`` atomically; return its path and content."""
+    summary = build_summary(store, out_dir)
+    path = Path(out_dir) / SUMMARY_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path, summary
