@@ -1,0 +1,58 @@
+"""report.html renders in headless Chromium with no console errors, and its inlined images decode."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from host.campaign.config import CampaignConfig
+from host.campaign.progress import LogProgress
+from host.campaign.runner import CampaignRunner
+from host.campaign.store import CampaignStore
+from tests.campaign_support import model, noise_search, seeds
+from tests.chromium import find_chromium, render
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None,
+                       reason="headless Chromium not installed (apt-get install -y chromium; .ci/run does it)"),
+]
+
+_DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("browser")
+    cfg = CampaignConfig(model("digits32rgb", "float32"), model("digits32rgb", "int8"), seeds("digits32rgb"),
+                         out=out, limit=6, max_queries=1500)
+    CampaignRunner(cfg, search=noise_search, progress=LogProgress(io.StringIO())).run()
+    return out
+
+
+def test_report_renders_without_console_errors(campaign: Path, tmp_path: Path) -> None:
+    with CampaignStore.open_existing(campaign) as store:
+        inputs = store.inputs()
+    assert inputs, "the campaign should have found at least one deviating input to show"
+    shot = tmp_path / "report.png"
+    page = render(campaign / "report.html", screenshot=shot)
+    assert page.console == []
+    # The browser built the whole page: header, summary, plots and one gallery entry per input.
+    assert "dflare-edge campaign report" in page.dom
+    assert f'<div class="n" id="triggered-count">{sum(i.status.value == "triggered" for i in inputs)}</div>' in page.dom
+    for record in inputs:
+        assert f'id="input-{record.seed_index}-{record.n}"' in page.dom
+    # Every inlined image is a valid PNG (a broken data URI would render as an empty box, silently).
+    uris = _DATA_URI.findall(page.dom)
+    assert len(uris) >= 2 + 3 * len(inputs)  # two plots; seed, mutant and difference per input
+    for uri in uris:
+        Image.open(io.BytesIO(base64.b64decode(uri))).verify()
+    # The screenshot is a real rendering, not a blank page.
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape[1] == 1280 and pixels.std() > 10
