@@ -66,20 +66,24 @@ SearchFn = Callable[[SearchJob], Iterable[SeedResult]]
 
 
 def engine_search(job: SearchJob) -> Iterator[SeedResult]:
-    """Search through the engine's programmatic API, ``host.search.run``.
+    """Search through the engine's programmatic API, ``host.search.run`` (the batched lockstep engine).
+
+    Seed ``i``'s random generator derives from ``(config.seed, i)`` with ``i`` its campaign index, so a
+    resumed campaign searches each remaining seed exactly as an uninterrupted one would have.
 
     Raises:
-        CampaignError: this build has no search engine yet.
+        CampaignError: this build has no search engine.
     """
     try:
+        from host.search import Budget
         from host.search import run as search_run
     except ImportError:
         raise CampaignError("the search engine (host.search.run) is not available in this build") from None
     cfg = job.config
-    yield from search_run(  # type: ignore[misc]
-        job.original, job.compressed, job.images, seed_indices=job.seed_indices, labels=job.labels,
-        algo=cfg.algo, max_queries=cfg.max_queries, timeout_s=cfg.timeout_s, rng_seed=cfg.seed,
-        reruns=cfg.reruns,
+    yield from search_run(
+        job.original, job.compressed, job.images, algo=cfg.algo,
+        budget=Budget(max_queries=cfg.max_queries, max_seconds=cfg.timeout_s), rng_seed=cfg.seed,
+        labels=job.labels, indices=job.seed_indices, verify_runs=cfg.reruns,
     )
 
 
