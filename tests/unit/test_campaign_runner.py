@@ -204,3 +204,26 @@ def test_progress_reporters() -> None:
             return True
 
     assert isinstance(default_progress(Tty()), RichProgress)
+
+
+def test_progress_lines_and_bar_follow_the_campaign(finished: Path) -> None:
+    with CampaignStore.open_existing(finished) as store:
+        records = store.outcomes()
+    stream = io.StringIO()
+    log = LogProgress(stream)
+    log.start(len(records) + 2, 2, 1)
+    for record in records:
+        log.seed_finished(record)
+    log.finish()
+    lines = stream.getvalue().splitlines()
+    hits = 1 + sum(r.triggered for r in records)
+    assert lines[0] == f"campaign: {len(records) + 2} seeds, resuming: 2 already finished"
+    assert lines[1].startswith(f"[3/{len(records) + 2}] seed {records[0].seed_index} {records[0].status.value}")
+    assert lines[-1] == f"campaign: {len(records) + 2}/{len(records) + 2} seeds finished, {hits} triggered"
+    bar = RichProgress()
+    bar.start(len(records), 0, 0)
+    for record in records:
+        bar.seed_finished(record)
+    task = bar._progress.tasks[0]
+    bar.finish()
+    assert task.completed == len(records) and task.fields["triggered"] == hits - 1
