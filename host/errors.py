@@ -100,3 +100,7 @@ class ForwardError(DeviceDeployError):
 
 class CampaignError(Error):
     """A campaign cannot start or resume (e.g. its stored config differs)."""
+
+
+class HealthCheckError(TargetError):
+    """A lab device failed its health check (golden outputs differ from the recorded ones); it is taken out."""
