@@ -37,8 +37,9 @@ NATIVE_REQUIREMENTS: tuple[tuple[str, str], ...] = (
     ("ai_edge_litert|tflite_runtime", "ai-edge-litert (or tflite-runtime)"),
 )
 
-#: Pure-Python packages vendored into the zipapp (import names; protobuf minus its native upb module).
-VENDORED_PACKAGES = ("grpc_health", "grpc_reflection", "google.protobuf")
+#: Pure-Python packages vendored into the zipapp (import names; protobuf minus its native upb module;
+#: typing_extensions because grpc imports it and a hand-installed grpcio may lack it).
+VENDORED_PACKAGES = ("grpc_health", "grpc_reflection", "google.protobuf", "typing_extensions")
 
 BUNDLE_NAME = "dflare-agent.pyz"
 MANIFEST_NAME = "dflare_bundle.json"
@@ -91,8 +92,10 @@ def platform_for_abi(abi: str, android: bool = True) -> str | None:
 def _package_files(import_name: str) -> list[tuple[Path, str]]:
     """(file, archive name) for every .py/.pyi/typed file of an installed package, no native code."""
     spec = importlib.util.find_spec(import_name)
-    if spec is None or not spec.submodule_search_locations:
+    if spec is None or not (spec.submodule_search_locations or spec.origin):
         raise ConfigError(f"cannot bundle {import_name!r}: it is not installed on this host (pip install it)")
+    if not spec.submodule_search_locations:  # a single-file module
+        return [(Path(spec.origin), Path(spec.origin).name)]
     root = Path(next(iter(spec.submodule_search_locations)))
     depth = import_name.count(".") + 1
     base = root.parents[depth - 1]
@@ -125,7 +128,11 @@ def build_bundle(out_dir: str | Path, platform: str) -> Bundle:
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, src.read_bytes())
-        for name, text in (("__main__.py", _MAIN), (MANIFEST_NAME, json.dumps(manifest, indent=1))):
+        # zipimport finds no implicit namespace packages: make ``google`` a pkgutil-style one, whose
+        # __path__ still lists a device's own site-packages/google first.
+        google_init = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+        for name, text in (("__main__.py", _MAIN), (MANIFEST_NAME, json.dumps(manifest, indent=1)),
+                           ("_vendor/google/__init__.py", google_init)):
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, text)
