@@ -314,7 +314,9 @@ class AdbPortForwarder:
             try:
                 stream = self.mux().open(f"tcp:{self.device_port}")
             except Exception as exc:  # noqa: BLE001 - the client sees a closed socket; we log why
-                _LOG.warning("forward to device tcp:%d failed: %s", self.device_port, exc)
+                # refused is expected while the agent starts (the health probe polls through here)
+                level = logging.DEBUG if isinstance(exc, StreamRefusedError) else logging.WARNING
+                _LOG.log(level, "forward to device tcp:%d failed: %s", self.device_port, exc)
                 return
             up = threading.Thread(target=self._pump_up, args=(client, stream), daemon=True)
             up.start()

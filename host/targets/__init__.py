@@ -20,4 +20,8 @@ def open_target(uri: str, **options) -> Target:
         from host.targets.remote import RemoteTarget
 
         return RemoteTarget(uri, **options)
+    if uri.startswith("adb://"):
+        from host.targets.adb import AdbTarget
+
+        return AdbTarget(uri, **options)
     raise ConfigError(f"unknown target URI {uri!r}: expected local:, grpc://HOST:PORT or adb://SERIAL")
