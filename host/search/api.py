@@ -1,0 +1,112 @@
+"""The programmatic entry point: ``host.search.run(original, compressed, seeds, ...)``.
+
+The CLI (``dflare run``), benchmarks and tests all go through :func:`run`; it builds the
+searcher for the chosen algorithm and drives :class:`~host.search.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from host.errors import ConfigError
+from host.search.dflare import DFlareConfig, DFlareSearcher
+from host.search.diffchaser import MUTATION_RATE, POPULATION_SIZE, DiffChaserSearcher
+from host.search.engine import MAX_LIVE_SEEDS, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
+from host.search.random import RandomSearcher
+from host.search.results import SeedResult
+from host.search.searcher import SeedContext
+from host.targets.base import Session
+
+#: Algorithm names accepted by :func:`run` and ``dflare run --algo``.
+ALGORITHMS: tuple[str, ...] = (
+    "dflare",  # the corrected algorithm (DESIGN.md section 3)
+    "dflare-faithful",  # the original code's behaviour, bugs included
+    "dflare-no-mh",  # ablation: uniform operator choice
+    "dflare-no-novelty",  # ablation: output difference only
+    "diffchaser",  # the genetic-algorithm baseline
+    "random",  # random operator, always accept
+)
+
+
+def searcher_factory(algo: str, *, population_size: int = POPULATION_SIZE,
+                     mutation_rate: float = MUTATION_RATE) -> SearcherFactory:
+    """Return ``(seed_context, rng) -> searcher`` for an algorithm name.
+
+    Raises:
+        ConfigError: an unknown algorithm.
+    """
+    configs = {
+        "dflare": DFlareConfig(),
+        "dflare-faithful": DFlareConfig(faithful=True),
+        "dflare-no-mh": DFlareConfig(use_mh=False),
+        "dflare-no-novelty": DFlareConfig(use_novelty=False),
+    }
+    if algo in configs:
+        return partial(_dflare, config=configs[algo])
+    if algo == "diffchaser":
+        return partial(_diffchaser, population_size=population_size, mutation_rate=mutation_rate)
+    if algo == "random":
+        return RandomSearcher
+    raise ConfigError(f"unknown search algorithm {algo!r}; expected one of {', '.join(ALGORITHMS)}")
+
+
+def _dflare(seed: SeedContext, rng: np.random.Generator, config: DFlareConfig) -> DFlareSearcher:
+    return DFlareSearcher(seed, rng, config)
+
+
+def _diffchaser(seed: SeedContext, rng: np.random.Generator, population_size: int,
+                mutation_rate: float) -> DiffChaserSearcher:
+    return DiffChaserSearcher(seed, rng, population_size=population_size, mutation_rate=mutation_rate)
+
+
+def run(
+    original: Session,
+    compressed: Session,
+    seeds: np.ndarray,
+    algo: str = "dflare",
+    budget: Budget | int | None = None,
+    rng_seed: int = 0,
+    *,
+    labels: Sequence[int] | None = None,
+    indices: Sequence[int] | None = None,
+    verify_runs: int = VERIFY_RUNS,
+    max_live_seeds: int = MAX_LIVE_SEEDS,
+    on_event: Callable[[Event], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    **algo_options,
+) -> Iterator[SeedResult]:
+    """Search for triggering inputs; yield one :class:`SeedResult` per seed as it finishes.
+
+    (To read run-wide statistics, build an :class:`Engine` with :func:`searcher_factory` instead.)
+
+    Args:
+        original: the original (reference) model's session.
+        compressed: the compressed model's session.
+        seeds: uint8 (N, H, W, C) (or (N, H, W) grey) seed images.
+        algo: one of :data:`ALGORITHMS`.
+        budget: a :class:`Budget`, or an int meaning max queries per seed (default 5,000 per seed).
+        rng_seed: the run's random seed; seed i's generator derives from (rng_seed, i).
+        labels: optional dataset labels (kept in ``extra``).
+        indices: the seeds' indices if ``seeds`` is a subset of a larger set.
+        verify_runs: re-runs a deviation must survive on both models.
+        max_live_seeds: seeds searched in lockstep at most.
+        on_event: called with every engine event (started, flaky, triggered, exhausted, skipped).
+        clock: monotonic clock (injectable for tests).
+        **algo_options: ``population_size`` / ``mutation_rate`` for DiffChaser.
+
+    Raises:
+        ConfigError: an unknown algorithm or an unusable budget.
+        SeedError: seeds that do not fit the models.
+    """
+    engine = Engine(original, compressed, searcher_factory(algo, **algo_options), algo=algo,
+                    budget=Budget.of(budget), rng_seed=rng_seed, verify_runs=verify_runs,
+                    max_live_seeds=max_live_seeds, clock=clock)
+    for event in engine.run(seeds, labels=labels, indices=indices):
+        if on_event is not None:
+            on_event(event)
+        if event.result is not None:
+            yield event.result

@@ -1,0 +1,521 @@
+"""The batched lockstep engine: many seeds at once, one batch per model per step.
+
+Each step asks every live seed's searcher for its next candidate(s), applies all their mutation
+steps in one vectorized call, sends ONE batch to the original session and ONE to the compressed
+session (concurrently, on two threads), and feeds each seed its rows back. Every query goes
+through :meth:`Engine.evaluate`, which counts queries per seed and for the campaign and enforces
+the campaign budget; per-seed budgets are checked before a seed proposes.
+
+Determinism: each seed has its own ``numpy.random.Generator`` derived from ``(rng_seed,
+seed_index)``, and a searcher sees only its own rows, so a seed's candidates, query count and
+result are the same whether it runs alone or beside a thousand others (as long as the model's
+output for an image does not depend on the rest of the batch, which holds for TFLite's CPU
+kernels). Time budgets are the exception: they depend on the machine.
+
+Accounting: one query = one image through one model. A seed's ``queries`` include the two spent
+checking the seed itself; re-verification queries are counted apart (``extra["verify_queries"]``).
+A step's wall time is shared among its seeds in proportion to their queries, and a seed's time
+budget reads that share, so it means "seconds spent on this seed" as in the sequential original.
+
+Every deviation is re-run ``verify_runs`` times on both sessions before it is reported: one that
+does not disagree on every re-run is kept as *flaky* (an event) and the seed's search goes on; a
+seed whose budget runs out after a flaky deviation ends with status ``flaky``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from host.errors import ConfigError, ModelError, SeedError
+from host.search import mutations
+from host.search.results import SeedResult, SeedStatus
+from host.search.searcher import Candidate, Searcher, SeedContext
+from host.targets.base import Session
+
+log = logging.getLogger(__name__)
+
+#: Models queried per candidate image (the original and the compressed one).
+QUERIES_PER_IMAGE: int = 2
+#: Re-runs that must all disagree before a deviation is reported (catches non-deterministic delegates).
+VERIFY_RUNS: int = 3
+#: Seeds searched in lockstep at most. 256 amortizes per-call overhead (RPC, interpreter resize) well
+#: while a step's batch stays small: 256 DFlare candidates of 32x32x3 are 786 KB, under gRPC's 4 MiB
+#: default message size. Seeds beyond it wait and start as others finish.
+MAX_LIVE_SEEDS: int = 256
+#: Per-seed query budget when none is given: the issue's acceptance bar (5,000 queries per seed).
+DEFAULT_MAX_QUERIES: int = 5000
+
+SearcherFactory = Callable[[SeedContext, np.random.Generator], Searcher]
+
+
+class ExitReason(Enum):
+    """Why a seed's search (or the whole campaign) stopped."""
+
+    triggered = "a deviation was found and reproduced on every re-run"
+    max_queries = "the seed's query budget is spent"
+    max_seconds = "the seed's time budget is spent"
+    campaign_max_queries = "the campaign's query budget is spent"
+    campaign_max_seconds = "the campaign's time budget is spent"
+    skipped = "the two models already disagree on the seed"
+    finished = "nothing left to do"
+
+    def describe(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits per seed and per campaign; ``None`` means unlimited.
+
+    Args:
+        max_queries: queries per seed (one image through one model = 1).
+        max_seconds: seconds spent on one seed (its share of each step).
+        campaign_max_queries: search queries for the whole run.
+        campaign_max_seconds: wall-clock seconds for the whole run.
+    """
+
+    max_queries: int | None = DEFAULT_MAX_QUERIES
+    max_seconds: float | None = None
+    campaign_max_queries: int | None = None
+    campaign_max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_queries is None and self.max_seconds is None and self.campaign_max_queries is None \
+                and self.campaign_max_seconds is None:
+            raise ConfigError("a search needs a budget: give max queries or seconds, per seed or per campaign")
+        for name in ("max_queries", "campaign_max_queries"):
+            value = getattr(self, name)
+            if value is not None and value < QUERIES_PER_IMAGE:
+                raise ConfigError(f"budget {name}={value} is too small: one candidate costs {QUERIES_PER_IMAGE}")
+        for name in ("max_seconds", "campaign_max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"budget {name} must be positive seconds, got {value}")
+
+    @classmethod
+    def of(cls, value: Budget | int | None) -> Budget:
+        """A budget from a :class:`Budget`, an int (max queries per seed) or None (the default)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Budget):
+            return value
+        return cls(max_queries=int(value))
+
+
+class EventKind(str, Enum):
+    """What happened; ``triggered``, ``exhausted`` and ``skipped`` carry the seed's final result."""
+
+    started = "started"
+    flaky = "flaky"  # a deviation that did not reproduce; the seed's search goes on
+    triggered = "triggered"
+    exhausted = "exhausted"  # budget spent; result.status is exhausted, or flaky after a flaky deviation
+    skipped = "skipped"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One engine event, for progress bars and storage."""
+
+    kind: EventKind
+    seed_index: int
+    result: SeedResult | None = None
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.result is not None
+
+
+class RunIsComplete(Exception):
+    """Raised by :meth:`Engine.exit_with` to stop the campaign loop."""
+
+
+def seed_rng(rng_seed: int, seed_index: int) -> np.random.Generator:
+    """The generator of one seed: a function of the run's seed and the seed's index only."""
+    return np.random.default_rng(np.random.SeedSequence([int(rng_seed), int(seed_index)]))
+
+
+@dataclass
+class _SeedRun:
+    """One seed's bookkeeping inside the engine."""
+
+    index: int
+    image: np.ndarray
+    dataset_label: int | None
+    rng: np.random.Generator
+    queries: int = 0
+    verify_queries: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    context: SeedContext | None = None
+    searcher: Searcher | None = None
+    flaky: list[dict] = field(default_factory=list)
+    first_flaky: tuple | None = None  # (image, trace, probs_o, probs_c, reproduced)
+
+
+class Engine:
+    """Runs a search algorithm over many seeds in lockstep.
+
+    Args:
+        original: the reference model's session.
+        compressed: the compressed model's session.
+        make_searcher: builds one seed's searcher from its context and generator.
+        algo: the algorithm's name, stored in results.
+        budget: per-seed and campaign limits (an int: max queries per seed; None: 5,000 per seed).
+        rng_seed: the run's seed; each seed's generator derives from it and the seed's index.
+        verify_runs: re-runs on both sessions a deviation must survive.
+        max_live_seeds: seeds searched in lockstep at most.
+        clock: a monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        original: Session,
+        compressed: Session,
+        make_searcher: SearcherFactory,
+        *,
+        algo: str = "dflare",
+        budget: Budget | int | None = None,
+        rng_seed: int = 0,
+        verify_runs: int = VERIFY_RUNS,
+        max_live_seeds: int = MAX_LIVE_SEEDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if verify_runs < 1:
+            raise ConfigError(f"verify_runs must be at least 1, got {verify_runs}")
+        if max_live_seeds < 1:
+            raise ConfigError(f"max_live_seeds must be at least 1, got {max_live_seeds}")
+        if rng_seed < 0:
+            raise ConfigError(f"the random seed must be a non-negative integer, got {rng_seed}")
+        self.original = original
+        self.compressed = compressed
+        self.make_searcher = make_searcher
+        self.algo = algo
+        self.budget = Budget.of(budget)
+        self.rng_seed = int(rng_seed)
+        self.verify_runs = verify_runs
+        self.max_live_seeds = max_live_seeds
+        self.clock = clock
+        # run state, named by what it counts
+        self.total_queries: int = 0
+        self.total_verify_queries: int = 0
+        self.steps: int = 0
+        self.batch_calls: int = 0  # infer() calls per session
+        self.seeds_started: int = 0
+        self.seeds_finished: int = 0
+        self.seeds_unstarted: int = 0  # seeds never started because the campaign budget ran out
+        self.exit_reason: ExitReason | None = None
+        self.started_at: float | None = None
+        self.statistics: dict[str, float] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- the one exit path ------------------------------------------------------------------
+    def exit_with(self, reason: ExitReason) -> None:
+        """Stop the campaign for ``reason`` (recorded in ``statistics`` and ``exit_reason``)."""
+        self.statistics["stopped-because"] = reason.describe()  # type: ignore[assignment]
+        self.exit_reason = reason
+        raise RunIsComplete
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{name}_s"
+            self.statistics[key] = self.statistics.get(key, 0.0) + time.perf_counter() - start
+
+    # -- querying ---------------------------------------------------------------------------
+    def evaluate(self, images: np.ndarray, owners: Sequence[_SeedRun], verify: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Run a batch through both models, counting one query per image per model.
+
+        Args:
+            images: uint8 (N, H, W, C).
+            owners: the seed each row belongs to.
+            verify: count as re-verification (outside the search budgets).
+
+        Returns:
+            (probs_original, probs_compressed), each float32 (N, classes).
+
+        Raises:
+            RunIsComplete: via ``exit_with`` when the batch would exceed the campaign budget.
+        """
+        n = len(images)
+        cost = QUERIES_PER_IMAGE * n
+        limit = self.budget.campaign_max_queries
+        if not verify and limit is not None and self.total_queries + cost > limit:
+            self.exit_with(ExitReason.campaign_max_queries)
+        with self._phase("infer"):
+            probs_o, probs_c = self._infer_both(images)
+        self.batch_calls += 1
+        for owner in owners:
+            if verify:
+                owner.verify_queries += QUERIES_PER_IMAGE
+            else:
+                owner.queries += QUERIES_PER_IMAGE
+        if verify:
+            self.total_verify_queries += cost
+        else:
+            self.total_queries += cost
+        return probs_o, probs_c
+
+    def _infer_both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.original is self.compressed or self._pool is None:
+            return self.original.infer(images), self.compressed.infer(images)
+        future_o = self._pool.submit(self.original.infer, images)
+        future_c = self._pool.submit(self.compressed.infer, images)
+        return future_o.result(), future_c.result()
+
+    # -- the campaign -----------------------------------------------------------------------
+    def run(self, seeds: np.ndarray, labels: Sequence[int] | None = None,
+            indices: Sequence[int] | None = None) -> Iterator[Event]:
+        """Search every seed; yield events as they happen (final ones carry a ``SeedResult``).
+
+        Args:
+            seeds: uint8 (N, H, W, C) seed images.
+            labels: optional dataset labels, stored in results' ``extra``.
+            indices: the seeds' indices (default 0..N-1); a seed's generator depends on its index,
+                so running ``seeds[i:i+1]`` with ``indices=[i]`` reproduces seed i of a larger run.
+
+        Raises:
+            SeedError: seeds of the wrong dtype or shape for the models.
+            ModelError: the two models' inputs or outputs do not match.
+        """
+        seeds = self._check_seeds(seeds)
+        indices = list(range(len(seeds))) if indices is None else [int(i) for i in indices]
+        if len(indices) != len(seeds):
+            raise SeedError(f"{len(indices)} indices for {len(seeds)} seeds")
+        if labels is not None and len(labels) != len(seeds):
+            raise SeedError(f"{len(labels)} labels for {len(seeds)} seeds")
+        queue = deque(
+            _SeedRun(idx, seeds[i], None if labels is None else int(labels[i]), seed_rng(self.rng_seed, idx))
+            for i, idx in enumerate(indices)
+        )
+        live: list[_SeedRun] = []
+        self.started_at = self.clock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dflare-infer")
+        try:
+            while queue or live:
+                events: list[Event] = []
+                try:
+                    self._check_campaign_time()
+                    new = []
+                    while queue and len(live) + len(new) < self.max_live_seeds:
+                        seed = queue.popleft()
+                        new.append(seed)
+                        self.seeds_started += 1
+                        events.append(Event(EventKind.started, seed.index))
+                    live.extend(new)
+                    self._step(live, events)
+                except RunIsComplete:
+                    reason = self.exit_reason or ExitReason.finished
+                    done = {e.seed_index for e in events if e.final}
+                    for seed in live:
+                        if seed.index not in done:
+                            events.append(self._finish(seed, reason))
+                    live.clear()
+                    self.seeds_unstarted += len(queue)
+                    queue.clear()
+                finally:
+                    live[:] = [s for s in live if not any(e.final and e.seed_index == s.index for e in events)]
+                yield from events
+            if self.exit_reason is None:
+                self.exit_reason = ExitReason.finished
+                self.statistics["stopped-because"] = ExitReason.finished.describe()  # type: ignore[assignment]
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _check_campaign_time(self) -> None:
+        limit = self.budget.campaign_max_seconds
+        if limit is not None and self.started_at is not None and self.clock() - self.started_at >= limit:
+            self.exit_with(ExitReason.campaign_max_seconds)
+
+    def _check_seeds(self, seeds: np.ndarray) -> np.ndarray:
+        seeds = np.asarray(seeds)
+        if seeds.dtype != np.uint8:
+            raise SeedError(f"seed images must be uint8 (0..255 pixels), got {seeds.dtype}")
+        if seeds.ndim == 3:
+            seeds = seeds[..., None]
+        expected = tuple(self.original.input_spec.shape[1:])
+        if seeds.ndim != 4 or tuple(seeds.shape[1:]) != expected:
+            raise SeedError(f"seed images have shape {seeds.shape[1:]}, the original model expects {expected}")
+        other = tuple(self.compressed.input_spec.shape[1:])
+        if other != expected:
+            raise ModelError(f"the models take different inputs: original {expected}, compressed {other}")
+        return seeds
+
+    # -- one lockstep step ------------------------------------------------------------------
+    def _step(self, live: list[_SeedRun], events: list[Event]) -> None:
+        step_start = self.clock()
+        owners: list[_SeedRun] = []
+        rows: dict[int, list[Candidate]] = {}
+        initial: list[_SeedRun] = []
+        with self._phase("propose"):
+            for seed in list(live):
+                if seed.searcher is None:
+                    initial.append(seed)
+                    continue
+                reason = self._seed_budget_spent(seed)
+                if reason is not None:
+                    events.append(self._finish(seed, reason))
+                    continue
+                candidates = seed.searcher.propose()
+                if self.budget.max_queries is not None:
+                    affordable = (self.budget.max_queries - seed.queries) // QUERIES_PER_IMAGE
+                    candidates = candidates[:affordable]
+                rows[seed.index] = candidates
+        by_index = {s.index: s for s in live}
+        batch_rows: list[np.ndarray] = []
+        with self._phase("mutate"):
+            for seed in initial:
+                owners.append(seed)
+                batch_rows.append(seed.image)
+            flat = [(idx, c) for idx, cands in rows.items() for c in cands]
+            if flat:
+                mutants = mutations.apply(np.stack([c.base for _, c in flat]), [c.step for _, c in flat])
+                for (idx, candidate), image in zip(flat, mutants):
+                    candidate.image = image
+                    owners.append(by_index[idx])
+                    batch_rows.append(image)
+        if not batch_rows:
+            return
+        batch = np.stack(batch_rows)
+        self.steps += 1
+        probs_o, probs_c = self.evaluate(batch, owners)
+        self._check_outputs(probs_o, probs_c)
+        labels_o = np.argmax(probs_o, axis=1)
+        labels_c = np.argmax(probs_c, axis=1)
+        row = 0
+        for seed in initial:
+            self._start(seed, probs_o[row], probs_c[row], events)
+            row += 1
+        # deviations first (their re-verification is batched across seeds), then feedback
+        spans: dict[int, tuple[int, int]] = {}
+        suspects: list[tuple[_SeedRun, int]] = []
+        for idx, cands in rows.items():
+            spans[idx] = (row, row + len(cands))
+            disagree = np.flatnonzero(labels_o[row : row + len(cands)] != labels_c[row : row + len(cands)])
+            if disagree.size:
+                suspects.append((by_index[idx], row + int(disagree[0])))
+            row += len(cands)
+        confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
+        with self._phase("observe"):
+            for idx, (lo, hi) in spans.items():
+                seed = by_index[idx]
+                seed.steps += 1
+                if idx in confirmed or seed.searcher is None or hi == lo:
+                    continue
+                seed.searcher.observe(rows[idx], probs_o[lo:hi], probs_c[lo:hi])
+        self._share_time(self.clock() - step_start, owners)
+        for idx, (lo, hi) in spans.items():
+            if hi == lo and idx not in confirmed:  # nothing affordable was left
+                events.append(self._finish(by_index[idx], ExitReason.max_queries))
+
+    def _check_outputs(self, probs_o: np.ndarray, probs_c: np.ndarray) -> None:
+        if probs_o.shape != probs_c.shape:
+            raise ModelError(
+                f"the models' outputs differ in shape: original {probs_o.shape[1:]}, compressed {probs_c.shape[1:]}; "
+                "they must classify into the same classes"
+            )
+
+    def _share_time(self, seconds: float, owners: Sequence[_SeedRun]) -> None:
+        if not owners:
+            return
+        share = seconds / len(owners)
+        for owner in owners:
+            owner.seconds += share
+
+    def _seed_budget_spent(self, seed: _SeedRun) -> ExitReason | None:
+        if self.budget.max_queries is not None and seed.queries + QUERIES_PER_IMAGE > self.budget.max_queries:
+            return ExitReason.max_queries
+        if self.budget.max_seconds is not None and seed.seconds >= self.budget.max_seconds:
+            return ExitReason.max_seconds
+        return None
+
+    def _start(self, seed: _SeedRun, probs_o: np.ndarray, probs_c: np.ndarray, events: list[Event]) -> None:
+        label_o, label_c = int(np.argmax(probs_o)), int(np.argmax(probs_c))
+        if label_o != label_c:
+            result = self._result(seed, SeedStatus.skipped, ExitReason.skipped, label_o)
+            result.image = seed.image
+            result.probs_original, result.probs_compressed = probs_o, probs_c
+            result.label_original, result.label_compressed = label_o, label_c
+            self.seeds_finished += 1
+            events.append(Event(EventKind.skipped, seed.index, result))
+            return
+        seed.context = SeedContext(seed.index, seed.image, label_o, probs_o, probs_c)
+        seed.searcher = self.make_searcher(seed.context, seed.rng)
+
+    def _verify(self, suspects: list[tuple[_SeedRun, int]], batch: np.ndarray, probs_o: np.ndarray,
+                probs_c: np.ndarray, rows: dict[int, list[Candidate]], spans: dict[int, tuple[int, int]],
+                events: list[Event]) -> set[int]:
+        """Re-run each seed's first deviation; return the indices of seeds whose deviation reproduced."""
+        if not suspects:
+            return set()
+        images = batch[[r for _, r in suspects]]
+        owners = [seed for seed, _ in suspects]
+        reproduced = np.zeros(len(suspects), dtype=np.int64)
+        with self._phase("verify"):
+            for _ in range(self.verify_runs):
+                again_o, again_c = self.evaluate(images, owners, verify=True)
+                reproduced += np.argmax(again_o, axis=1) != np.argmax(again_c, axis=1)
+        confirmed: set[int] = set()
+        for (seed, r), count in zip(suspects, reproduced):
+            lo = spans[seed.index][0]
+            candidate = rows[seed.index][r - lo]
+            trace = candidate.full_trace
+            found = (batch[r], trace, probs_o[r], probs_c[r], int(count))
+            if count == self.verify_runs:
+                confirmed.add(seed.index)
+                events.append(self._finish(seed, ExitReason.triggered, found))
+            else:
+                detail = {"queries": seed.queries, "reproduced": int(count), "verify_runs": self.verify_runs,
+                          "label_original": int(np.argmax(probs_o[r])), "label_compressed": int(np.argmax(probs_c[r]))}
+                seed.flaky.append(detail)
+                if seed.first_flaky is None:
+                    seed.first_flaky = found
+                events.append(Event(EventKind.flaky, seed.index, None, detail))
+        return confirmed
+
+    # -- finishing a seed: the one place results are built ---------------------------------
+    def _result(self, seed: _SeedRun, status: SeedStatus, reason: ExitReason, label: int) -> SeedResult:
+        extra: dict = {"verify_queries": seed.verify_queries, "steps": seed.steps}
+        if seed.dataset_label is not None:
+            extra["dataset_label"] = seed.dataset_label
+        if seed.flaky:
+            extra["flaky"] = list(seed.flaky)
+        if seed.searcher is not None:
+            extra["search"] = seed.searcher.stats()
+        return SeedResult(seed_index=seed.index, status=status, seed_label=label, queries=seed.queries,
+                          seconds=seed.seconds, algo=self.algo, exit_reason=reason.name, extra=extra)
+
+    def _finish(self, seed: _SeedRun, reason: ExitReason, found: tuple | None = None) -> Event:
+        label = seed.context.label if seed.context is not None else -1
+        if found is None and seed.first_flaky is not None:
+            status, found = SeedStatus.flaky, seed.first_flaky
+        elif found is None:
+            status = SeedStatus.exhausted
+        else:
+            status = SeedStatus.triggered
+        result = self._result(seed, status, reason, label)
+        if found is not None:
+            image, trace, p_o, p_c, reproduced = found
+            result.image = np.array(image, copy=True)
+            result.trace = list(trace)
+            result.probs_original, result.probs_compressed = np.array(p_o), np.array(p_c)
+            result.label_original, result.label_compressed = int(np.argmax(p_o)), int(np.argmax(p_c))
+            result.reproduced = reproduced
+        self.seeds_finished += 1
+        kind = EventKind.triggered if status is SeedStatus.triggered else EventKind.exhausted
+        return Event(kind, seed.index, result)
+

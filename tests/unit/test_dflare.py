@@ -1,0 +1,198 @@
+"""DFlare's MH operator selection, fitness ordering and novelty corpus (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host.search import mutations
+from host.search.dflare import (
+    DFlareConfig,
+    DFlareSearcher,
+    Fitness,
+    MHSelector,
+    NoveltyCorpus,
+    improves,
+    mh_acceptance,
+    output_difference,
+)
+from host.search.searcher import SeedContext
+
+P = 1.0 / 7
+
+
+def _expected_rank_distribution(k1: int, n: int = 7, p: float = P) -> np.ndarray:
+    weights = np.array([min(1.0, (1 - p) ** (k2 - k1)) for k2 in range(n)])
+    return weights / weights.sum()
+
+
+def test_acceptance_probability_is_geometric_in_the_rank_gap():
+    assert mh_acceptance(3, 3, P) == 1.0
+    assert mh_acceptance(3, 0, P) == 1.0  # better-ranked proposals are always accepted
+    assert mh_acceptance(3, 5, P) == pytest.approx((6 / 7) ** 2)
+    assert mh_acceptance(-1, 6, P) == pytest.approx((6 / 7) ** 7)
+
+
+@pytest.mark.parametrize("k1", [-1, 0, 3, 6])
+def test_mh_chosen_ranks_follow_the_acceptance_law(k1):
+    selector = MHSelector(7, np.random.default_rng(k1 + 10))
+    n = 40_000
+    counts = np.bincount([selector.propose_rank(k1) for _ in range(n)], minlength=7)
+    expected = _expected_rank_distribution(k1)
+    # 4 standard deviations of a binomial proportion at n = 40,000 is at most 0.01
+    np.testing.assert_allclose(counts / n, expected, atol=0.01)
+    # the accepted fraction of proposals is the mean acceptance probability
+    mean_acceptance = np.mean([mh_acceptance(k1, k2, P) for k2 in range(7)])
+    assert n / selector.proposals == pytest.approx(mean_acceptance, abs=0.01)
+
+
+def _selector_with_scores(faithful: bool, seed: int) -> MHSelector:
+    selector = MHSelector(7, np.random.default_rng(seed), faithful=faithful)
+    # operator i has success rate i / 10: the ranking is 6, 5, 4, 3, 2, 1, 0 (no ties)
+    selector.uses[:] = 10_000_000
+    selector.successes[:] = np.arange(7) * 1_000_000
+    return selector
+
+
+def test_ranking_sorts_by_success_rate_and_breaks_ties_at_random():
+    selector = _selector_with_scores(False, 0)
+    assert selector.ranking().tolist() == [6, 5, 4, 3, 2, 1, 0]
+    tied = MHSelector(7, np.random.default_rng(0))
+    orders = {tuple(tied.ranking()) for _ in range(50)}
+    assert len(orders) > 10
+
+
+@pytest.mark.parametrize(("faithful", "k1"), [(False, 3), (True, -1)])
+def test_choose_uses_the_last_operators_rank_or_the_original_bug(faithful, k1):
+    selector = _selector_with_scores(faithful, 1)
+    n = 30_000
+    ranks = [6 - selector.choose(last_op=3) for _ in range(n)]  # op 3 sits at rank 3
+    np.testing.assert_allclose(np.bincount(ranks, minlength=7) / n, _expected_rank_distribution(k1), atol=0.012)
+
+
+def test_first_choice_and_no_mh_ablation_are_uniform():
+    selector = MHSelector(7, np.random.default_rng(2), uniform=True)
+    selector.successes[:] = [100, 0, 0, 0, 0, 0, 0]
+    selector.uses[:] = 100
+    counts = np.bincount([selector.choose(last_op=0) for _ in range(21_000)], minlength=7)
+    np.testing.assert_allclose(counts / 21_000, 1 / 7, atol=0.012)
+    fresh = MHSelector(7, np.random.default_rng(3))
+    assert np.bincount([MHSelector(7, np.random.default_rng(s)).choose(None) for s in range(2100)],
+                       minlength=7).min() > 200
+    assert fresh.uses.sum() == 0
+
+
+def test_success_rate_counts_uses_and_successes():
+    selector = MHSelector(7, np.random.default_rng(0))
+    op = selector.choose(None)
+    selector.record_success(op)
+    selector.choose(op)
+    assert selector.uses.sum() == 2 and selector.successes[op] == 1
+    assert selector.scores[op] == pytest.approx(1 / selector.uses[op], rel=1e-6)
+
+
+def test_fitness_ordering_default_mode():
+    best = Fitness(False, 0.010)
+    assert improves(Fitness(True, 0.0), best)  # novelty alone is enough
+    assert improves(Fitness(False, 0.0115), best)  # grew by 1.5e-3
+    assert improves(Fitness(False, -0.0115), best)  # the magnitude counts, not the sign
+    assert not improves(Fitness(False, 0.0105), best)  # grew by only 5e-4
+    assert not improves(Fitness(False, 0.010), best)
+    assert not improves(Fitness(False, 0.005), best)  # decreases are rejected
+
+
+def test_fitness_ordering_faithful_mode_also_accepts_decreases():
+    best = Fitness(False, 0.010)
+    assert improves(Fitness(False, 0.005), best, faithful=True)
+    assert improves(Fitness(False, 0.0115), best, faithful=True)
+    assert not improves(Fitness(False, 0.0095), best, faithful=True)
+    assert improves(Fitness(True, 0.010), best, faithful=True)
+
+
+def test_output_difference_tracks_the_seed_label_or_each_top_one():
+    po = np.array([0.1, 0.7, 0.2], np.float32)
+    pc = np.array([0.5, 0.4, 0.1], np.float32)
+    assert output_difference(po, pc, 1) == pytest.approx(0.3)
+    assert output_difference(po, pc, 1, faithful=True) == pytest.approx(0.2)
+
+
+def test_novelty_threshold_is_squared_l2_above_one_half():
+    corpus = NoveltyCorpus(dim=4)
+    assert corpus.update(np.zeros(4)) == (True, float("inf"))
+    near = np.array([0.7, 0.0, 0.0, 0.0])  # squared distance 0.49
+    novel, distance = corpus.update(near)
+    assert not novel and distance == pytest.approx(0.49, rel=1e-6)
+    far = np.array([0.5, 0.51, 0.0, 0.0])  # squared distance 0.5101
+    assert corpus.update(far)[0]
+    assert corpus.size == 2
+    assert not corpus.update(far + 0.01)[0]  # now close to a stored vector
+
+
+def test_novelty_nearest_neighbour_is_exact():
+    rng = np.random.default_rng(0)
+    corpus = NoveltyCorpus(dim=20, threshold=0.0)
+    stored = rng.random((300, 20)).astype(np.float32)
+    for v in stored:
+        corpus.add(v)
+    for q in rng.random((20, 20)).astype(np.float32):
+        brute = min(float(np.sum((s - q) ** 2)) for s in stored)
+        assert corpus.nearest_sq_distance(q) == pytest.approx(brute, rel=1e-5)
+
+
+def test_novelty_corpus_memory_is_bounded():
+    corpus = NoveltyCorpus(dim=20, threshold=0.0, max_bytes=20 * 4 * 100)
+    rng = np.random.default_rng(0)
+    for v in rng.random((1000, 20)):
+        corpus.add(v)
+    assert corpus.capacity == 100 and corpus.size == 100 and corpus.added == 1000
+    assert corpus.nbytes <= 20 * 4 * 100
+    latest = rng.random(20)
+    corpus.add(latest)
+    assert corpus.nearest_sq_distance(latest) == 0.0  # the ring overwrote an old vector with it
+
+
+def _seed(label: int = 0) -> SeedContext:
+    image = np.full((8, 8, 1), 100, np.uint8)
+    p = np.array([0.9, 0.1], np.float32)
+    return SeedContext(0, image, label, p, p.copy())
+
+
+def _feed(searcher: DFlareSearcher, po: list[float], pc: list[float]):
+    (candidate,) = searcher.propose()
+    candidate.image = mutations.apply(candidate.base[None], [candidate.step])[0]
+    searcher.observe([candidate], np.array([po], np.float32), np.array([pc], np.float32))
+    return candidate
+
+
+def test_searcher_keeps_a_mutant_only_when_fitness_improves():
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig())
+    assert searcher.best == Fitness(False, 0.0)
+    rejected = _feed(searcher, [0.8995, 0.1005], [0.9, 0.1])  # diff 5e-4: too small, not novel
+    assert searcher.current is searcher.seed.image and searcher.trace == () and searcher.last_op is None
+    kept = _feed(searcher, [0.9, 0.1], [0.88, 0.12])  # diff grew to 0.02
+    assert searcher.trace == kept.full_trace and searcher.current is kept.image
+    op = mutations.OPERATORS.index(kept.step.op)
+    assert searcher.last_op == op and searcher.selector.successes[op] == 1
+    assert rejected.step is not None
+    novel = _feed(searcher, [0.2, 0.8], [0.18, 0.82])  # same diff, far away: novel
+    assert searcher.trace == novel.full_trace and searcher.accepted == 2
+    assert searcher.corpus is not None and searcher.corpus.size == 2
+
+
+def test_no_novelty_ablation_ignores_novel_vectors():
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    _feed(searcher, [0.2, 0.8], [0.2, 0.8])
+    assert searcher.accepted == 0 and searcher.corpus is None
+
+
+def test_faithful_searcher_starts_from_zero_difference_and_accepts_decreases():
+    seed = SeedContext(0, np.full((8, 8, 1), 100, np.uint8), 0, np.array([0.9, 0.1], np.float32),
+                       np.array([0.8, 0.2], np.float32))
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(faithful=True, use_novelty=False))
+    assert searcher.best.diff == 0.0 and searcher.selector.faithful
+    _feed(searcher, [0.9, 0.1], [0.85, 0.15])
+    assert searcher.accepted == 1
+    _feed(searcher, [0.9, 0.1], [0.89, 0.11])  # |diff| fell from 0.05 to 0.01
+    assert searcher.accepted == 2
+    corrected = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    assert corrected.best.diff == pytest.approx(0.1)

@@ -1,0 +1,205 @@
+"""The seven mutation operators: shapes, parameter ranges, statistics, blurs, exact replay."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from host.search import mutations
+from host.search.mutations import OPERATORS, MutationError, apply, draw, replay
+from host.search.results import MutationStep
+
+SHAPES = [(28, 28, 1), (32, 32, 3)]
+
+
+def _images(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", OPERATORS)
+@pytest.mark.parametrize("faithful", [False, True])
+def test_every_operator_keeps_shape_and_dtype_and_leaves_input_alone(op, shape, faithful):
+    rng = np.random.default_rng(1)
+    images = _images(4, shape)
+    before = images.copy()
+    steps = [draw(op, rng, shape, faithful=faithful) for _ in range(4)]
+    out = apply(images, steps)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(images, before)
+
+
+def test_draw_is_deterministic_given_the_generator():
+    a = [draw(op, np.random.default_rng(7), (28, 28, 1)) for op in OPERATORS]
+    b = [draw(op, np.random.default_rng(7), (28, 28, 1)) for op in OPERATORS]
+    assert a == b
+
+
+@pytest.mark.parametrize(("op", "kernels"), [
+    ("box_blur", {1, 2, 3, 4, 5}),
+    ("gaussian_blur", {1, 3, 5, 7}),
+    ("median_blur", {1, 3, 5, 7}),
+])
+def test_blur_kernel_sizes_cover_exactly_their_range(op, kernels):
+    rng = np.random.default_rng(0)
+    seen = {draw(op, rng, (28, 28, 1)).params["kernel"] for _ in range(400)}
+    assert seen == kernels
+
+
+def test_pixel_change_touches_zero_to_nine_values():
+    rng = np.random.default_rng(0)
+    counts = {len(draw("pixel_change", rng, (28, 28, 1)).params["indices"]) for _ in range(500)}
+    assert counts == set(range(10))
+    image = np.full((1, 28, 28, 1), 77, np.uint8)
+    for _ in range(50):
+        step = draw("pixel_change", rng, (28, 28, 1))
+        changed = np.count_nonzero(apply(image, [step]) != image)
+        assert changed <= len(step.params["indices"]) <= 9
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_salt_and_pepper_hits_the_original_amount(shape):
+    size = math.prod(shape)
+    expected = math.ceil(0.004 * size * 0.5)
+    step = draw("salt_pepper", np.random.default_rng(3), shape)
+    assert len(step.params["salt"]) == len(step.params["pepper"]) == expected
+    image = np.full((1, *shape), 128, np.uint8)
+    out = apply(image, [step])
+    assert 0 < np.count_nonzero(out == 255) <= expected
+    assert 0 < np.count_nonzero(out == 0) <= expected
+    assert np.count_nonzero(out != 128) <= 2 * expected
+
+
+def test_gaussian_noise_default_has_variance_point_one_on_the_unit_scale():
+    rng = np.random.default_rng(0)
+    image = np.full((8, 32, 32, 3), 128, np.uint8)
+    out = apply(image, [draw("gaussian_noise", rng, (32, 32, 3)) for _ in range(8)]).astype(np.float64)
+    delta = out - 128
+    assert abs(delta.mean()) < 2.0
+    # sigma = 255 * sqrt(0.1) = 80.6 grey levels (clipping at 0/255 cuts the tails beyond ~1.6 sigma)
+    sigma = 255 * math.sqrt(0.1)
+    assert 0.66 < np.mean(np.abs(delta) <= sigma) < 0.70  # P(|Z| <= 1) = 0.683
+    assert 0.36 < np.mean(np.abs(delta) <= sigma / 2) < 0.40  # P(|Z| <= 0.5) = 0.383
+
+
+def test_gaussian_noise_faithful_truncates_and_wraps_like_astype_uint8():
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 3)
+    steps = [draw("gaussian_noise", rng, shape, faithful=True) for _ in range(8)]
+    assert all(s.params["wrap"] and abs(s.params["sigma"] - math.sqrt(0.1)) < 1e-12 for s in steps)
+    mid = apply(np.full((8, *shape), 100, np.uint8), steps).astype(np.int64)
+    # N(0, 0.316): truncation sends every negative draw down one level, a positive one stays
+    assert 0.47 < np.mean(mid == 99) < 0.53
+    assert np.mean(mid == 100) > 0.46
+    assert np.mean(mid < 99) < 0.003 and np.mean(mid > 100) < 0.003  # |draw| >= 1: p ~ 0.0008 each
+    black = apply(np.zeros((8, *shape), np.uint8), steps)
+    wrapped = np.count_nonzero(black == 255)  # draws <= -1 (p ~ 0.0008) wrap to 255
+    assert 0 < wrapped < 0.003 * black.size
+    assert np.count_nonzero((black != 0) & (black != 255)) == np.count_nonzero(black == 1)
+
+
+def test_speckle_noise_scales_intensity_within_half_to_one_and_a_half():
+    rng = np.random.default_rng(0)
+    image = np.full((1, 32, 32, 3), 100, np.uint8)
+    for _ in range(20):
+        step = draw("speckle_noise", rng, (32, 32, 3))
+        assert -0.5 <= step.params["mean"] <= 0.5 and 0 <= step.params["sigma"] <= math.sqrt(0.05)
+        out = apply(image, [step]).astype(np.float64)
+        assert abs(out.mean() / 100.0 - (1.0 + step.params["mean"])) < 0.03
+
+
+def test_speckle_noise_faithful_wraps_overflow():
+    step = MutationStep("speckle_noise", {"seed": 1, "mean": 0.4, "sigma": 0.0, "wrap": True})
+    out = apply(np.full((1, 2, 2, 1), 200, np.uint8), [step])
+    assert np.all(out == 24)  # 200 * 1.4 = 280 -> 280 mod 256
+    unwrapped = MutationStep("speckle_noise", {**step.params, "wrap": False})
+    clipped = apply(np.full((1, 2, 2, 1), 200, np.uint8), [unwrapped])
+    assert np.all(clipped == 255)
+
+
+def test_standard_normal_stream_has_unit_statistics():
+    z = mutations._standard_normal(12345, 200_001)
+    assert z.shape == (200_001,)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01
+
+
+@pytest.mark.parametrize("op", ["box_blur", "gaussian_blur", "median_blur"])
+def test_blur_of_a_constant_image_is_constant(op):
+    for k in {"box_blur": mutations.BOX_KERNELS}.get(op, (1, 3, 5, 7)):
+        image = np.full((2, 9, 11, 3), 173, np.uint8)
+        out = apply(image, [MutationStep(op, {"kernel": k})] * 2)
+        np.testing.assert_array_equal(out, image)
+
+
+def test_median_blur_removes_isolated_salt_noise():
+    image = np.full((1, 16, 16, 1), 50, np.uint8)
+    for y, x in [(2, 3), (8, 8), (12, 5), (0, 0), (15, 15)]:
+        image[0, y, x, 0] = 255
+    out = apply(image, [MutationStep("median_blur", {"kernel": 3})])
+    assert np.all(out == 50)
+
+
+def test_box_blur_matches_a_plain_window_mean():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (1, 10, 10, 1), dtype=np.uint8)
+    out = apply(image, [MutationStep("box_blur", {"kernel": 3})])
+    window = image[0, 3:6, 4:7, 0].astype(np.float64)
+    assert out[0, 4, 5, 0] == np.rint(window.mean())
+    # even kernels anchor at k // 2, like OpenCV: k=2 averages rows/cols (y-1, y) x (x-1, x)
+    out2 = apply(image, [MutationStep("box_blur", {"kernel": 2})])
+    assert out2[0, 4, 5, 0] == np.rint(image[0, 3:5, 4:6, 0].astype(np.float64).mean())
+
+
+def test_gaussian_blur_impulse_response_is_the_separable_small_kernel():
+    image = np.zeros((1, 15, 15, 1), np.uint8)
+    image[0, 7, 7, 0] = 255
+    out = apply(image, [MutationStep("gaussian_blur", {"kernel": 3})])
+    taps = np.array([0.25, 0.5, 0.25])
+    expected = np.rint(255 * np.outer(taps, taps))
+    np.testing.assert_array_equal(out[0, 6:9, 6:9, 0], expected)
+    assert np.count_nonzero(out) == 9
+
+
+def test_batched_apply_equals_one_image_at_a_time():
+    rng = np.random.default_rng(11)
+    images = _images(21, (28, 28, 1), seed=2)
+    steps = [draw(OPERATORS[i % len(OPERATORS)], rng, (28, 28, 1), faithful=bool(i % 2)) for i in range(21)]
+    steps[3] = None
+    batched = apply(images, steps)
+    for i in range(21):
+        np.testing.assert_array_equal(batched[i], apply(images[i : i + 1], [steps[i]])[0])
+    np.testing.assert_array_equal(batched[3], images[3])
+
+
+def test_replay_of_a_trace_through_json_reproduces_the_mutant_byte_for_byte():
+    rng = np.random.default_rng(3)
+    seed = _images(1, (32, 32, 3))[0]
+    image, trace = seed, []
+    for i in range(40):
+        step = draw(OPERATORS[int(rng.integers(len(OPERATORS)))], rng, seed.shape, faithful=i % 3 == 0)
+        image = apply(image[None], [step])[0]
+        trace.append(step)
+    restored = [MutationStep.from_dict(d) for d in json.loads(json.dumps([s.to_dict() for s in trace]))]
+    assert replay(seed, restored).tobytes() == image.tobytes()
+
+
+def test_crossover_step_sets_the_recorded_values():
+    image = np.zeros((1, 4, 4, 1), np.uint8)
+    out = apply(image, [MutationStep("crossover", {"indices": [0, 5, 15], "values": [9, 8, 7]})])
+    assert out.ravel()[[0, 5, 15]].tolist() == [9, 8, 7] and np.count_nonzero(out) == 3
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
+    with pytest.raises(MutationError, match="unknown mutation operator"):
+        draw("sharpen", np.random.default_rng(0), (4, 4, 1))
+    with pytest.raises(MutationError, match="uint8"):
+        apply(np.zeros((1, 4, 4, 1), np.float32), [None])
+    with pytest.raises(MutationError, match="one .or None. per image"):
+        apply(np.zeros((2, 4, 4, 1), np.uint8), [None])
+    with pytest.raises(MutationError, match="kernel"):
+        apply(np.zeros((1, 4, 4, 1), np.uint8), [MutationStep("median_blur", {"kernel": 4})])
+    with pytest.raises(MutationError, match="out of range"):
+        apply(np.zeros((1, 4, 4, 1), np.uint8), [MutationStep("pixel_change", {"indices": [16], "values": [1]})])
