@@ -1,0 +1,199 @@
+"""``dflare lab``: nightly runs over a lab of devices, and their trends and regressions.
+
+    dflare lab run LAB.toml [--baseline RUN] [--json]
+    dflare lab report [LAB.toml] [--history URL] [--run RUN] [--baseline RUN] [--junit FILE] [--json]
+    dflare lab golden LAB.toml [--target URI]
+
+``run`` and ``report`` exit 1 when the run regressed against its baseline (by default the previous
+finished run of the same lab), so a CI system or cron wrapper can alert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from host.errors import ConfigError
+from host.lab.config import DEFAULT_LATENCY_MIN_DELTA_MS, DEFAULT_LATENCY_RATIO, LabConfig, load_lab_config
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+
+#: Runs shown by ``lab report`` unless --last says otherwise.
+DEFAULT_TREND_RUNS = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("lab", help="nightly runs over a lab of devices; trends and regressions",
+                              description="Lab mode: run every device x model x delegate of a lab file, keep the "
+                              "history, report trends and regressions.")
+    sub = p.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
+    run = sub.add_parser("run", help="run every combination of a lab file once")
+    run.add_argument("config", type=Path, help="the lab file (lab.toml)")
+    run.add_argument("--baseline", help="compare with this run id instead of the previous run")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="trends over runs and regressions against a baseline")
+    report.add_argument("config", type=Path, nargs="?", help="the lab file (for its history and thresholds)")
+    report.add_argument("--history", help="history path or database URL (default: the lab file's)")
+    report.add_argument("--lab", help="lab name (default: the lab file's, else the latest run's)")
+    report.add_argument("--run", help="the run to check (default: the latest)")
+    report.add_argument("--baseline", help="the run to compare with (default: the one before --run)")
+    report.add_argument("--last", type=int, default=DEFAULT_TREND_RUNS, help="runs in the trend table")
+    report.add_argument("--latency-ratio", type=float,
+                        help=f"latency regression ratio (default: the lab file's, else {DEFAULT_LATENCY_RATIO})")
+    report.add_argument("--junit", type=Path, help="write JUnit XML (one test case per combination) here")
+    report.add_argument("--json", action="store_true", help="print trends and regressions as JSON")
+    report.set_defaults(func=cmd_report)
+
+    golden = sub.add_parser("golden", help="record the health check's golden outputs on a trusted target")
+    golden.add_argument("config", type=Path, help="the lab file; its [health] table names model and inputs")
+    golden.add_argument("--target", default="local:", help="where to record them (default: local:)")
+    golden.set_defaults(func=cmd_golden)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _print_event(event) -> None:
+    where = event.device + (f" {event.model}[{event.delegate}]" if event.model else "")
+    print(f"lab: {event.kind:14s} {where}{': ' + event.message if event.message else ''}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from host.lab.history import History
+    from host.lab.report import find_regressions, junit_xml
+    from host.lab.runner import LabRunner
+
+    config = load_lab_config(args.config)
+    history = History(config.history)
+    try:
+        result = LabRunner(config, history, on_event=_print_event).run()
+        baseline = args.baseline or (history.previous_run(result.run_id) or {}).get("run_id")
+        regressions = find_regressions(history, result.run_id, baseline, config.latency_ratio,
+                                       config.latency_min_delta_ms) if baseline else []
+        summary = {
+            "run_id": result.run_id, "lab": config.name, "baseline": baseline, "counts": result.counts(),
+            "devices": [{"name": d.name, "uri": d.uri, "status": d.status, "error": d.error} for d in result.devices],
+            "combos": result.combos, "regressions": [r.to_dict() for r in regressions], "out": str(result.out),
+        }
+        result.out.mkdir(parents=True, exist_ok=True)
+        (result.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (result.out / "junit.xml").write_text(junit_xml(history, result.run_id, regressions))
+    finally:
+        history.close()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_run(summary)
+    return EXIT_REGRESSION if regressions else EXIT_OK
+
+
+def _print_run(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"lab {summary['lab']} run {summary['run_id']}")
+    for name in ("device", "model", "delegate", "status", "seed dev.", "triggered", "q/trigger", "p50 ms"):
+        table.add_column(name, overflow="fold")
+    for c in summary["combos"]:
+        style = {"passed": "green", "failed": "red", "skipped": "yellow"}.get(c["status"], "")
+        table.add_row(c["device"], c["model"], c["delegate"], f"[{style}]{c['status']}[/{style}]",
+                      _fmt(c.get("seed_deviations"), c.get("seeds")), _fmt(c.get("triggered"), c.get("seeds")),
+                      _num(c.get("queries_per_trigger"), ".0f"), _num(c.get("latency_p50_ms"), ".3f"))
+    console.print(table)
+    for d in summary["devices"]:
+        if d["status"] != "ok":
+            console.print(f"[red]device {d['name']} {d['status']}[/red]: {d['error']}")
+    _print_regressions(console, summary["regressions"], summary["baseline"])
+    console.print(f"summary: {summary['out']}/summary.json  junit: {summary['out']}/junit.xml")
+
+
+def _print_regressions(console, regressions: list[dict[str, Any]], baseline: str | None) -> None:
+    if baseline is None:
+        console.print("no baseline run yet: nothing to compare with")
+    elif not regressions:
+        console.print(f"[green]no regressions against {baseline}[/green]")
+    for r in regressions:
+        console.print(f"[red]REGRESSION[/red] {r['kind']} {r['device']} {r['model']}[{r['delegate']}]: {r['detail']}")
+
+
+def _fmt(a: Any, b: Any) -> str:
+    return "-" if a is None else f"{a}/{b}"
+
+
+def _num(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from host.lab.history import History
+    from host.lab.report import find_regressions, junit_xml, trends
+
+    config: LabConfig | None = load_lab_config(args.config) if args.config else None
+    url = args.history or (config.history if config else None)
+    if url is None:
+        raise ConfigError("lab report needs a lab file or --history URL")
+    history = History(url)
+    try:
+        runs = history.runs(args.lab or (config.name if config else None))
+        if not runs:
+            raise ConfigError(f"no lab runs in {url}")
+        lab = args.lab or (config.name if config else runs[-1]["lab"])
+        run = history.run(args.run) if args.run else history.runs(lab)[-1]
+        baseline = history.run(args.baseline) if args.baseline else history.previous_run(run["run_id"])
+        ratio = args.latency_ratio or (config.latency_ratio if config else DEFAULT_LATENCY_RATIO)
+        min_delta = config.latency_min_delta_ms if config else DEFAULT_LATENCY_MIN_DELTA_MS
+        regressions = find_regressions(history, run["run_id"], baseline["run_id"], ratio, min_delta) \
+            if baseline else []
+        trend = trends(history, lab, args.last)
+        if args.junit:
+            args.junit.parent.mkdir(parents=True, exist_ok=True)
+            args.junit.write_text(junit_xml(history, run["run_id"], regressions))
+    finally:
+        history.close()
+    report = {"lab": lab, "run_id": run["run_id"], "baseline": baseline["run_id"] if baseline else None,
+              "regressions": [r.to_dict() for r in regressions], "trend": trend}
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_trend(report)
+    return EXIT_REGRESSION if regressions else EXIT_OK
+
+
+def _print_trend(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"lab {report['lab']}: trend over {len(report['trend'])} run(s)")
+    for name in ("run", "device", "model", "delegate", "status", "seed dev.", "success", "q/trigger", "p50 ms",
+                 "runtime"):
+        table.add_column(name, overflow="fold")
+    for run in report["trend"]:
+        for c in run["combos"]:
+            rate = "-" if c["success_rate"] is None else f"{100 * c['success_rate']:.0f}%"
+            table.add_row(run["run_id"][:15], c["device"], c["model"], c["delegate"], c["status"],
+                          _fmt(c["seed_deviations"], c["seeds"]), rate, _num(c["queries_per_trigger"], ".0f"),
+                          _num(c["latency_p50_ms"], ".3f"), str(c["runtime_version"] or "-"))
+    console.print(table)
+    _print_regressions(console, report["regressions"], report["baseline"])
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from host.lab.health import record_golden
+    from host.targets import open_target
+
+    config = load_lab_config(args.config)
+    if config.health is None:
+        raise ConfigError(f"{args.config} has no [health] table (model, inputs, expected) to record")
+    target = open_target(args.target)
+    try:
+        path = record_golden(target, config.health)
+    finally:
+        target.close()
+    print(f"recorded golden outputs of {config.health.model.name} on {args.target} in {path}")
+    return EXIT_OK
