@@ -56,7 +56,7 @@ class PairSearch:
 
     Args:
         seeds: uint8 NHWC seed images (the same the comparison ran on).
-        labels: their labels, or ``None`` (the search then uses the first column's top-1).
+        labels: their dataset labels (kept in each result's ``extra``), or ``None``.
         algo: the search algorithm name.
         max_queries: per-seed query budget.
         timeout_s: per-seed time budget in seconds, or ``None``.
@@ -78,8 +78,12 @@ class PairSearch:
 
     def __call__(self, pair: PairResult, session_a: Session, session_b: Session) -> None:
         start = time.monotonic()
-        results = list(self._run(session_a, session_b, self.seeds, algo=self.algo,
-                                 max_queries=self.max_queries, timeout_s=self.timeout_s, seed=self.seed))
+        from host.search import Budget
+
+        budget = Budget(max_queries=self.max_queries, max_seconds=self.timeout_s)
+        labels = None if self.labels is None else [int(v) for v in self.labels]
+        results = list(self._run(session_a, session_b, self.seeds, algo=self.algo, budget=budget,
+                                 rng_seed=self.seed, labels=labels))
         pair.search = summarize_search(results, time.monotonic() - start)
         if self.out is not None:
             pair.search["artifacts"] = str(self._save(pair, results))

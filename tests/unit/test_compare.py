@@ -212,3 +212,26 @@ def test_compare_needs_two_columns_and_valid_seeds(tmp_path):
         from host.compare import load_seed_images
 
         load_seed_images(bad)
+
+
+def test_compare_search_saves_inputs_that_really_separate_the_pair(tmp_path, capsys):
+    with np.load(SEEDS) as data:
+        x = data["x"][:4]
+    seeds = tmp_path / "seeds.npz"
+    np.savez(seeds, x=x)
+    out = tmp_path / "out"
+    code = main(["compare", "--model", str(INT8), "--original", str(FLOAT), "--seeds", str(seeds),
+                 "--targets", "local:,delegate=xnnpack", "--mean", "0", "--std", "255", "--runs", "1",
+                 "--search", "--max-queries", "200", "--out", str(out), "--json"])
+    assert code == 0
+    (pair,) = json.loads(capsys.readouterr().out)["pairs"]
+    search = pair["search"]
+    assert search["seeds"] == 4 and search["triggered"] == len(search["triggering_seeds"])
+    with np.load(Path(search["artifacts"]) / "triggering.npz") as saved:
+        images, label_a, label_b = saved["x"], saved["label_a"], saved["label_b"]
+    assert len(images) == search["triggered"]
+    if len(images):
+        # Each saved input gives different top-1 labels on the two columns, as a direct run shows.
+        a = ModelRunner(FLOAT.read_bytes(), delegate="cpu", preprocessing=PREPROCESSING).infer(images).argmax(1)
+        b = ModelRunner(INT8.read_bytes(), delegate="xnnpack", preprocessing=PREPROCESSING).infer(images).argmax(1)
+        assert list(a) == list(label_a) and list(b) == list(label_b) and all(a != b)
