@@ -8,9 +8,10 @@ the campaign budget; per-seed budgets are checked before a seed proposes.
 
 Determinism: each seed has its own ``numpy.random.Generator`` derived from ``(rng_seed,
 seed_index)``, and a searcher sees only its own rows, so a seed's candidates, query count and
-result are the same whether it runs alone or beside a thousand others (as long as the model's
-output for an image does not depend on the rest of the batch, which holds for TFLite's CPU
-kernels). Time budgets are the exception: they depend on the machine.
+result are the same whether it runs alone or beside a thousand others, as long as a model's output
+for an image does not depend on the rest of the batch: true for XNNPACK, the reference kernels and
+integer models; TFLite's builtin float kernels (delegate ``cpu``) round a row differently, by one
+float32 ulp, with its position in the batch. Time budgets depend on the machine.
 
 Accounting: one query = one image through one model. A seed's ``queries`` include the two spent
 checking the seed itself; re-verification queries are counted apart (``extra["verify_queries"]``).
