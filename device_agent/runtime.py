@@ -242,6 +242,35 @@ def check_tflite_bytes(content: bytes) -> None:
         )
 
 
+def _ops_left_on_cpu(ops: list[dict]) -> list[dict]:
+    """Return the model's ops that no delegate kernel replaced (they run on the CPU kernels).
+
+    ``_get_ops_details()`` lists every original node followed by the ``DELEGATE`` kernels that
+    replaced some of them. An original node is replaced when it lies between a delegate kernel's
+    input and output tensors, so walk back from each kernel's outputs to its inputs.
+    """
+    originals = [op for op in ops if str(op.get("op_name", "")).upper() != "DELEGATE"]
+    kernels = [op for op in ops if str(op.get("op_name", "")).upper() == "DELEGATE"]
+    by_index = {int(op["index"]): op for op in originals}
+    producer = {int(t): int(op["index"]) for op in originals for t in op.get("outputs", ())}
+    covered: set[int] = set()
+    for kernel in kernels:
+        boundary = {int(t) for t in kernel.get("inputs", ())}
+        stack = [int(t) for t in kernel.get("outputs", ())]
+        seen: set[int] = set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor in seen:
+                continue
+            seen.add(tensor)
+            index = producer.get(tensor)
+            if index is None or index in covered:
+                continue
+            covered.add(index)
+            stack.extend(int(t) for t in by_index[index].get("inputs", ()) if int(t) >= 0)
+    return [op for op in originals if int(op["index"]) not in covered]
+
+
 class ModelRunner:
     """A loaded model on one delegate, taking uint8 NHWC batches and returning float32 outputs.
 
@@ -354,8 +383,7 @@ class ModelRunner:
         except Exception:  # noqa: BLE001 - older runtimes lack it; report nothing rather than fail
             return 0, []
         delegated = [op for op in ops if str(op.get("op_name", "")).upper() == "DELEGATE"]
-        cpu_ops = sorted({str(op.get("op_name")) for op in ops
-                          if str(op.get("op_name", "")).upper() != "DELEGATE"})
+        cpu_ops = sorted({str(op.get("op_name")) for op in _ops_left_on_cpu(ops)})
         return len(delegated), cpu_ops
 
     # -- inference ----------------------------------------------------------------------------
