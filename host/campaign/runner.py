@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from host.campaign.config import CampaignConfig
 from host.campaign.progress import ProgressReporter, default_progress
 from host.campaign.seeds import SeedSet, load_seeds
 from host.campaign.store import CampaignStore, RequestedSeed
-from host.errors import CampaignError, ConfigError, ModelError
+from host.errors import CampaignError, ModelError
 from host.report.writer import ReportPaths, write_reports
 from host.search.results import SeedResult, SeedStatus
 from host.targets.base import ModelSpec, Session, Target
@@ -136,33 +135,15 @@ def preprocessing_from(config: CampaignConfig) -> Preprocessing | None:
 
 
 def open_target(uri: str, config: CampaignConfig) -> Target:
-    """Build the target for a URI (``local:``, ``grpc://HOST:PORT``, ``adb://SERIAL``).
+    """Build the target for a URI (``local:``, ``grpc://HOST:PORT``, ``adb://SERIAL``) with the config's token file.
 
     Raises:
-        ConfigError: the URI's scheme is not supported by this build.
+        ConfigError: an unknown URI scheme.
     """
-    import host.targets as targets
+    from host.targets import open_target as open_uri
 
-    factory = getattr(targets, "open_target", None)
-    if factory is not None:
-        return factory(uri, token_file=config.token_file)
-    if uri == "local:":
-        from host.targets.local import LocalTarget
-
-        return LocalTarget()
-    if uri.startswith("grpc://"):
-        try:
-            from host.targets.remote import RemoteTarget
-        except ImportError:
-            raise ConfigError(f"{uri}: gRPC targets are not available in this build") from None
-        token = None
-        if config.token_file is not None:
-            try:
-                token = Path(config.token_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read token file {config.token_file}: {exc.strerror}") from None
-        return RemoteTarget(uri, token=token or os.environ.get("DFLARE_TOKEN"))
-    raise ConfigError(f"{uri}: unsupported target URI (expected local: or grpc://HOST:PORT)")
+    options = {"token_file": config.token_file} if config.token_file is not None else {}
+    return open_uri(uri, **options)
 
 
 def _model_view(session: Session, spec: ModelSpec) -> dict[str, Any]:
