@@ -115,7 +115,7 @@ def draw(op: str, rng: np.random.Generator, image_shape: Sequence[int], faithful
     Raises:
         MutationError: an unknown operator.
     """
-    size = int(np.prod(image_shape))
+    size = math.prod(int(d) for d in image_shape)
     if op == "gaussian_noise":
         sigma = math.sqrt(GAUSSIAN_VAR) * (1.0 if faithful else 255.0)
         return MutationStep(op, {"seed": _noise_seed(rng), "sigma": sigma, "wrap": faithful})
@@ -215,7 +215,7 @@ def _to_uint8(values: np.ndarray, wrap: np.ndarray) -> np.ndarray:
 
 
 def _noise(images: np.ndarray, params: list[dict], mean_key: str | None) -> np.ndarray:
-    n = int(np.prod(images.shape[1:]))
+    n = math.prod(images.shape[1:])
     noise = np.stack([_standard_normal(int(p["seed"]), n) for p in params]).reshape(images.shape)
     shape = (-1,) + (1,) * (images.ndim - 1)
     noise *= np.asarray([float(p["sigma"]) for p in params]).reshape(shape)
@@ -271,8 +271,24 @@ _POINTWISE = {
 
 
 # -- blurs --------------------------------------------------------------------------------------
+def _border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index of every padded position along an axis of length n (``reflect`` is reflect-101)."""
+    idx = np.arange(-before, n + after)
+    if mode == "edge":
+        return np.clip(idx, 0, n - 1)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx < n, idx, period - idx)
+
+
 def _pad(images: np.ndarray, before: int, after: int, mode: str) -> np.ndarray:
-    return np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode=mode)
+    """Pad H and W like ``np.pad(mode=mode)``, by fancy indexing (much cheaper for small images)."""
+    h, w = images.shape[1:3]
+    rows = _border_index(h, before, after, mode)
+    cols = _border_index(w, before, after, mode)
+    return images[:, rows[:, None], cols[None, :], :]
 
 
 def _separable(images: np.ndarray, taps: Sequence[float], anchor: int) -> np.ndarray:

@@ -203,3 +203,13 @@ def test_bad_input_is_rejected_with_a_clear_error():
         apply(np.zeros((1, 4, 4, 1), np.uint8), [MutationStep("median_blur", {"kernel": 4})])
     with pytest.raises(MutationError, match="out of range"):
         apply(np.zeros((1, 4, 4, 1), np.uint8), [MutationStep("pixel_change", {"indices": [16], "values": [1]})])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_border_padding_matches_numpy_pad(mode):
+    rng = np.random.default_rng(0)
+    for h, w in [(28, 28), (3, 5), (1, 4), (2, 2)]:
+        x = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        for before, after in [(1, 1), (2, 1), (3, 3), (0, 1)]:
+            expected = np.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=mode)
+            np.testing.assert_array_equal(mutations._pad(x, before, after, mode), expected)

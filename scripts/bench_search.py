@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Search efficacy: DFlare vs its faithful reproduction, DiffChaser, random and two ablations.
+
+One run, the same models and seeds for every algorithm (the first N seeds both models agree on):
+
+    python scripts/bench_search.py [--model digits28] [--compressed int8] [--seeds 50]
+        [--max-queries 5000] [--seed 0] [--delegate cpu] [--json]
+
+Per algorithm: success rate, queries per triggering input (mean and median over triggered seeds),
+seconds per triggering input (wall clock of the whole run / triggered seeds). Then the batched
+engine's speed-up: DFlare with every seed in lockstep vs the same engine one seed at a time
+(``max_live_seeds=1``), in seconds per triggering input.
+
+``--json`` prints one JSON list of rows (``algo``, ``success_rate``, ``queries_per_trigger``,
+``median_queries``, ``seconds_per_trigger``, plus counts); otherwise a Markdown table for
+docs/benchmarks.md ("Search efficacy").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host.search import Engine, SeedStatus, searcher_factory  # noqa: E402
+from host.targets import LocalTarget, ModelSpec  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+#: The algorithms compared, in table order (host.search.ALGORITHMS names).
+ALGOS = ("dflare", "dflare-faithful", "diffchaser", "random", "dflare-no-mh", "dflare-no-novelty")
+#: Goals from issue 5.
+GOAL_QUERY_RATIO = 0.02  # DFlare's queries per trigger / DiffChaser's
+GOAL_SPEEDUP = 3.0  # batched vs one seed at a time, seconds per trigger
+
+
+def agreeing_seeds(original, compressed, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(FIXTURES / "seeds" / f"{name}.npz")
+    x = data["x"]
+    agree = np.flatnonzero(np.argmax(original.infer(x), 1) == np.argmax(compressed.infer(x), 1))
+    if agree.size < n:
+        raise SystemExit(f"only {agree.size} seeds of {name} on which the models agree; asked for {n}")
+    return x[agree[:n]], agree[:n]
+
+
+def measure(original, compressed, seeds, indices, algo: str, max_queries: int, rng_seed: int,
+            max_live_seeds: int | None = None, label: str | None = None) -> dict:
+    kwargs = {} if max_live_seeds is None else {"max_live_seeds": max_live_seeds}
+    engine = Engine(original, compressed, searcher_factory(algo), algo=algo, budget=max_queries,
+                    rng_seed=rng_seed, **kwargs)
+    start = time.perf_counter()
+    results = [e.result for e in engine.run(seeds, indices=indices) if e.result is not None]
+    wall_s = time.perf_counter() - start
+    triggered = [r for r in results if r.status is SeedStatus.triggered]
+    searched = [r for r in results if r.status is not SeedStatus.skipped]
+    queries = [r.queries for r in triggered]
+    return {
+        "algo": label or algo,
+        "success_rate": len(triggered) / len(searched) if searched else 0.0,
+        "queries_per_trigger": float(np.mean(queries)) if queries else None,
+        "median_queries": float(np.median(queries)) if queries else None,
+        "seconds_per_trigger": wall_s / len(triggered) if triggered else None,
+        "seeds": len(searched),
+        "triggered": len(triggered),
+        "flaky": sum(r.status is SeedStatus.flaky for r in results),
+        "total_queries": engine.total_queries,
+        "wall_s": wall_s,
+        "batch_calls": engine.batch_calls,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} cores available, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"Models: `{args.model}-float32` (original) vs `{args.model}-{args.compressed}`, delegate `{args.delegate}`; "
+        f"{rows[0]['seeds']} agreeing seeds; budget {args.max_queries} queries per seed; rng seed {args.seed}.",
+        f"Machine: {machine()}.",
+        "",
+        "| algorithm | success rate | queries / trigger (mean) | median | seconds / trigger | total queries |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['algo']} | {100 * r['success_rate']:.0f}% ({r['triggered']}/{r['seeds']}) | "
+                     f"{fmt(r['queries_per_trigger'], '.0f')} | {fmt(r['median_queries'], '.0f')} | "
+                     f"{fmt(r['seconds_per_trigger'], '.4f')} | {r['total_queries']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="digits28", help="fixture model name (digits28 or digits32rgb)")
+    parser.add_argument("--compressed", default="int8", help="compressed variant: int8, dynamic or float16")
+    parser.add_argument("--seeds", type=int, default=50, help="agreeing seeds to search (default 50)")
+    parser.add_argument("--max-queries", type=int, default=5000, help="query budget per seed (default 5000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of every search")
+    parser.add_argument("--delegate", default="cpu", help="delegate of both models (default cpu)")
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS, help="algorithms to compare")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    args = parser.parse_args(argv)
+
+    target = LocalTarget()
+    original = target.load(ModelSpec.from_path(FIXTURES / "models" / f"{args.model}-float32.tflite",
+                                               delegate=args.delegate))
+    compressed = target.load(ModelSpec.from_path(FIXTURES / "models" / f"{args.model}-{args.compressed}.tflite",
+                                                 delegate=args.delegate))
+    seeds, indices = agreeing_seeds(original, compressed, args.model, args.seeds)
+
+    rows = []
+    for algo in args.algos:
+        rows.append(measure(original, compressed, seeds, indices, algo, args.max_queries, args.seed))
+        print(f"  {algo}: done in {rows[-1]['wall_s']:.1f} s", file=sys.stderr)
+    sequential = measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed,
+                         max_live_seeds=1, label="dflare (one seed at a time)")
+    rows.append(sequential)
+    by_algo = {r["algo"]: r for r in rows}
+    batched = by_algo.get("dflare")
+    if batched and batched["seconds_per_trigger"] and sequential["seconds_per_trigger"]:
+        batched["speedup_vs_one_seed_at_a_time"] = sequential["seconds_per_trigger"] / batched["seconds_per_trigger"]
+    chaser = by_algo.get("diffchaser")
+    if batched and chaser and batched["queries_per_trigger"] and chaser["queries_per_trigger"]:
+        batched["queries_vs_diffchaser"] = batched["queries_per_trigger"] / chaser["queries_per_trigger"]
+
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(markdown(rows, args))
+    if batched:
+        speedup = batched.get("speedup_vs_one_seed_at_a_time")
+        ratio = batched.get("queries_vs_diffchaser")
+        print()
+        if speedup is not None:
+            print(f"Batched engine speed-up over one seed at a time (seconds per trigger): {speedup:.1f}x "
+                  f"(goal >= {GOAL_SPEEDUP:.0f}x: {'met' if speedup >= GOAL_SPEEDUP else 'NOT met'}).")
+        if ratio is not None:
+            print(f"DFlare queries per trigger / DiffChaser's: {100 * ratio:.1f}% "
+                  f"(goal <= {100 * GOAL_QUERY_RATIO:.0f}%: {'met' if ratio <= GOAL_QUERY_RATIO else 'NOT met'}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
