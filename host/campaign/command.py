@@ -115,7 +115,7 @@ def print_outcome(outcome: CampaignOutcome, as_json: bool) -> None:
     qpt = "-" if s["queries_per_trigger"] is None else f"{s['queries_per_trigger']:.0f}"
     spt = "-" if s["seconds_per_trigger"] is None else f"{s['seconds_per_trigger']:.2f} s"
     resumed = f" (resumed: {outcome.resumed_from} seed(s) from earlier runs)" if outcome.resumed_from else ""
-    print(f"seeds searched: {s['seeds']}{resumed}; skipped (models disagree): {s['skipped']}")
+    print(f"seeds searched: {s['seeds']}{resumed}; skipped (models disagree, or not with y): {s['skipped']}")
     print(f"triggered: {s['triggered']} ({100 * s['success_rate']:.1f}%), flaky: {s['flaky']}, "
           f"exhausted: {s['exhausted']}")
     print(f"queries per trigger: {qpt}; seconds per trigger: {spt}; total queries: {s['total_queries']}")

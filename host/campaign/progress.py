@@ -68,7 +68,9 @@ class LogProgress:
         self._c.add(record)
         c = self._c
         labels = ""
-        if record.label_original is not None and record.label_compressed is not None:
+        if record.status is SeedStatus.skipped:
+            labels = f": {record.exit_reason}"
+        elif record.label_original is not None and record.label_compressed is not None:
             labels = f" ({record.label_original} -> {record.label_compressed})"
         self._write(
             f"[{c.done}/{c.total}] seed {record.seed_index} {record.status.value}{labels} "
