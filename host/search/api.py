@@ -32,13 +32,26 @@ ALGORITHMS: tuple[str, ...] = (
 )
 
 
-def searcher_factory(algo: str, *, population_size: int = POPULATION_SIZE,
-                     mutation_rate: float = MUTATION_RATE) -> SearcherFactory:
+#: Options :func:`searcher_factory` (and so :func:`run`) accept beyond the algorithm's name.
+ALGO_OPTIONS: tuple[str, ...] = ("population_size", "mutation_rate")
+
+
+def searcher_factory(algo: str, **options) -> SearcherFactory:
     """Return ``(seed_context, rng) -> searcher`` for an algorithm name.
 
+    Args:
+        algo: one of :data:`ALGORITHMS`.
+        **options: DiffChaser's ``population_size`` and ``mutation_rate``.
+
     Raises:
-        ConfigError: an unknown algorithm.
+        ConfigError: an unknown algorithm or option.
     """
+    unknown = sorted(set(options) - set(ALGO_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown search option(s) {', '.join(unknown)}; accepted: {', '.join(ALGO_OPTIONS)} "
+                          "(the run's random seed is rng_seed=, budgets go in budget=Budget(...))")
+    population_size = int(options.get("population_size", POPULATION_SIZE))
+    mutation_rate = float(options.get("mutation_rate", MUTATION_RATE))
     configs = {
         "dflare": DFlareConfig(),
         "dflare-faithful": DFlareConfig(faithful=True),

@@ -237,3 +237,10 @@ def test_bad_seeds_and_budgets_are_reported_clearly():
         Budget(max_queries=1)
     with pytest.raises(ConfigError, match="unknown search algorithm"):
         searcher_factory("hillclimb")
+
+
+def test_unknown_run_options_name_the_accepted_ones():
+    original, compressed = LinearSession(), LinearSession()
+    seeds = _agreeing_seeds(1, original, compressed)
+    with pytest.raises(ConfigError, match="rng_seed"):
+        list(run(original, compressed, seeds, seed=3))
