@@ -1,0 +1,417 @@
+"""The gRPC side of the agent: a thin servicer, token auth, status codes, health and reflection.
+
+Assembly happens in one place, :func:`create_server`; :func:`run_server` wraps it in a context
+manager yielding the bound port, so tests bind port 0. The servicer only converts protobuf
+messages to calls on :class:`~device_agent.sessions.SessionManager` and
+:class:`~device_agent.cache.ModelCache` and back; every exception becomes a status code through
+the single table :data:`STATUS_BY_ERROR`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from device_agent import __version__, device_info, runtime
+from device_agent._gen import agent_pb2, agent_pb2_grpc
+from device_agent.cache import DEFAULT_CAPACITY_BYTES, ModelCache
+from device_agent.errors import (
+    AgentShuttingDownError,
+    InvalidRequestError,
+    LimitExceededError,
+    NotFoundError,
+    WorkerCrashedError,
+)
+from device_agent.sessions import DEFAULT_MAX_SESSIONS, LoadRequest, SessionManager
+from device_agent.worker import IN_FLIGHT_SLOTS, InferResult
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_MAJOR = agent_pb2.PROTOCOL_VERSION_MAJOR
+PROTOCOL_MINOR = agent_pb2.PROTOCOL_VERSION_MINOR
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+
+#: Default gRPC message cap, both directions. gRPC's own 4 MiB receive default is too small for
+#: batches: 256 images of 224x224x3 uint8 are 38 MiB. 128 MiB keeps one runaway request from
+#: exhausting a phone's memory.
+DEFAULT_MAX_MESSAGE_BYTES = 128 << 20
+#: Default cap on one input batch's bytes (Tensor.data); below the message cap to leave room for
+#: the envelope, and the size of each worker's shared-memory slot.
+DEFAULT_MAX_BATCH_BYTES = 64 << 20
+#: gRPC handler threads. Each InferStream holds one for its lifetime; 16 serve several hosts and
+#: streams at once while staying cheap on a phone.
+DEFAULT_HANDLER_THREADS = 16
+#: Seconds in-flight calls get to finish after SIGTERM before they are cancelled: longer than one
+#: large batch on a slow delegate, short enough for a lab's service manager.
+SHUTDOWN_GRACE_S = 10.0
+#: Metadata key carrying "Bearer <token>".
+AUTH_METADATA_KEY = "authorization"
+
+#: Exception -> gRPC status code, first match wins (subclasses before their bases).
+STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (runtime.InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (runtime.ModelFormatError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (runtime.DelegateUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (WorkerCrashedError, grpc.StatusCode.ABORTED),
+    (AgentShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+)
+
+_DTYPE_BY_ENUM = {
+    agent_pb2.DATA_TYPE_UINT8: "uint8",
+    agent_pb2.DATA_TYPE_INT8: "int8",
+    agent_pb2.DATA_TYPE_INT16: "int16",
+    agent_pb2.DATA_TYPE_INT32: "int32",
+    agent_pb2.DATA_TYPE_INT64: "int64",
+    agent_pb2.DATA_TYPE_FLOAT16: "float16",
+    agent_pb2.DATA_TYPE_FLOAT32: "float32",
+    agent_pb2.DATA_TYPE_FLOAT64: "float64",
+}
+_ENUM_BY_DTYPE = {name: value for value, name in _DTYPE_BY_ENUM.items()}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map an exception to (status code, message) through :data:`STATUS_BY_ERROR`."""
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return code, str(exc)
+    log.error("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal agent error ({type(exc).__name__}: {exc}); see the agent's log"
+
+
+@contextlib.contextmanager
+def _status_from_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - every failure leaves as a status code
+        code, message = status_for(exc)
+        context.abort(code, message)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent is started with (the ``serve`` flags).
+
+    ``max_batch_bytes`` <= ``max_message_bytes``: a batch travels inside one message.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    token: str | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    cache_dir: str = ""
+    cache_max_bytes: int = DEFAULT_CAPACITY_BYTES
+    allowed_delegates: tuple[str, ...] = ()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    handler_threads: int = DEFAULT_HANDLER_THREADS
+
+    def __post_init__(self) -> None:
+        if self.max_batch_bytes > self.max_message_bytes:
+            raise ValueError(
+                f"max batch bytes ({self.max_batch_bytes}) cannot exceed max message bytes ({self.max_message_bytes})"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its private key (--tls-cert and --tls-key)")
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"refusing to listen on {self.host}, which is not a loopback address, without a token: anyone "
+                "on the network could run code through the agent; pass --token-file (and ideally --tls-cert/--tls-key)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <token>``; health checks need no token.
+
+    The comparison is constant-time (:func:`hmac.compare_digest`), so timing does not leak the token.
+    """
+
+    #: Methods anyone may call: probes must not need a secret.
+    OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        method = handler_call_details.method
+        if method.startswith(self.OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = metadata.get(AUTH_METADATA_KEY)
+        if supplied is None:
+            message = ("missing token: this agent requires one; pass --token-file FILE or set DFLARE_TOKEN "
+                       "(sent as 'authorization: Bearer <token>' metadata)")
+        elif not hmac.compare_digest(str(supplied).encode(), self._expected):
+            message = "token refused: it does not match the agent's --token-file; check the token you passed"
+        else:
+            return continuation(handler_call_details)
+        log.warning("rejected %s: %s", method, message.split(":")[0])
+        return _denying_handler(continuation(handler_call_details), message)
+
+
+def _denying_handler(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
+    def deny(_request, context: grpc.ServicerContext):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler is None or not (handler.request_streaming or handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(deny)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    return grpc.unary_stream_rpc_method_handler(deny)
+
+
+class AgentServicer(agent_pb2_grpc.AgentServicer):
+    """The Agent service: protobuf in, calls on the session manager and cache, protobuf out."""
+
+    def __init__(self, config: AgentConfig, cache: ModelCache, sessions: SessionManager) -> None:
+        self.config = config
+        self.cache = cache
+        self.sessions = sessions
+        self._static_info = device_info.static_info()
+        self._runtime = runtime.load_runtime()
+
+    def GetDeviceInfo(self, request, context):  # noqa: N802 - gRPC method name
+        with _status_from_errors(context):
+            total, available = device_info.memory_bytes()
+            info = self._static_info
+            return agent_pb2.DeviceInfo(
+                protocol_major=PROTOCOL_MAJOR,
+                protocol_minor=PROTOCOL_MINOR,
+                agent_version=__version__,
+                runtime=self._runtime.name,
+                runtime_version=self._runtime.version,
+                delegates=runtime.available_delegates(self.config.allowed_delegates),
+                machine=info["machine"],
+                abis=info["abis"],
+                system=info["system"],
+                release=info["release"],
+                cpu_count=info["cpu_count"],
+                memory_total_bytes=total,
+                memory_available_bytes=available,
+                python_version=info["python_version"],
+                hostname=info["hostname"],
+                properties=info["properties"],
+                max_message_bytes=self.config.max_message_bytes,
+                max_batch_bytes=self.config.max_batch_bytes,
+                cache_capacity_bytes=self.cache.capacity_bytes,
+                cache_used_bytes=self.cache.used_bytes,
+                sessions=len(self.sessions),
+                max_sessions=self.sessions.max_sessions,
+            )
+
+    def PutModel(self, request_iterator, context):  # noqa: N802
+        with _status_from_errors(context):
+            first = next(request_iterator, None)
+            if first is None:
+                raise InvalidRequestError("PutModel received no chunks: send sha256 and total_bytes in the first")
+            chunks = itertools.chain([first.data], (chunk.data for chunk in request_iterator))
+            size, present = self.cache.put(first.sha256, first.total_bytes, chunks)
+            return agent_pb2.PutModelResponse(sha256=first.sha256, size_bytes=size, already_present=present)
+
+    def LoadModel(self, request, context):  # noqa: N802
+        with _status_from_errors(context):
+            session = self.sessions.load(LoadRequest(
+                sha256=request.sha256,
+                delegate=request.delegate,
+                delegate_options=dict(request.delegate_options),
+                threads=request.threads,
+                mean=tuple(request.preprocessing.mean),
+                std=tuple(request.preprocessing.std),
+                name=request.name,
+            ))
+            result = session.result
+            return agent_pb2.LoadModelResponse(
+                session_id=session.id,
+                input=_spec_message(result.input_spec),
+                outputs=[_spec_message(s) for s in result.output_specs],
+                delegated_nodes=result.delegated_nodes,
+                cpu_ops=result.cpu_ops,
+                delegate=result.delegate,
+                load_latency_us=result.load_latency_us,
+            )
+
+    def Infer(self, request, context):  # noqa: N802
+        with _status_from_errors(context):
+            start_ns = time.perf_counter_ns()
+            return _response(request.request_id, self._submit(request).result(), start_ns)
+
+    def InferStream(self, request_iterator, context):  # noqa: N802
+        """Keep up to the worker's slot count of batches in flight, answering in request order.
+
+        A pump thread reads requests and queues them on the worker while this generator waits for
+        the oldest result, so reading, copying and the interpreter overlap.
+        """
+        with _status_from_errors(context):
+            pending: queue.Queue = queue.Queue(maxsize=IN_FLIGHT_SLOTS)
+            pump = threading.Thread(target=self._pump, args=(request_iterator, pending, context),
+                                    name="infer-stream-pump", daemon=True)
+            pump.start()
+            while True:
+                item = pending.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                request_id, future, start_ns = item
+                yield _response(request_id, future.result(), start_ns)
+
+    def _pump(self, request_iterator, pending: queue.Queue, context: grpc.ServicerContext) -> None:
+        try:
+            for request in request_iterator:
+                start_ns = time.perf_counter_ns()
+                pending.put((request.request_id, self._submit(request), start_ns))
+            pending.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the generator, which maps it to a status
+            if context.is_active():
+                pending.put(exc)
+
+    def _submit(self, request: agent_pb2.InferRequest) -> futures.Future:
+        tensor = request.input
+        dtype = _DTYPE_BY_ENUM.get(tensor.dtype)
+        if dtype is None:
+            known = tensor.dtype in agent_pb2.DataType.values()
+            name = agent_pb2.DataType.Name(tensor.dtype) if known else tensor.dtype
+            raise InvalidRequestError(
+                f"input dtype {name} is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)"
+            )
+        return self.sessions.submit(request.session_id, tensor.shape, dtype, tensor.data)
+
+    def UnloadModel(self, request, context):  # noqa: N802
+        with _status_from_errors(context):
+            self.sessions.unload(request.session_id)
+            return agent_pb2.UnloadModelResponse()
+
+
+def _spec_message(spec: runtime.TensorSpec) -> agent_pb2.TensorSpec:
+    return agent_pb2.TensorSpec(name=spec.name, shape=spec.shape, dtype=_ENUM_BY_DTYPE.get(spec.dtype, 0),
+                                scale=spec.scale, zero_point=spec.zero_point)
+
+
+def _response(request_id: int, result: InferResult, start_ns: int) -> agent_pb2.InferResponse:
+    response = agent_pb2.InferResponse(request_id=request_id, invoke_latency_us=result.invoke_latency_us,
+                                       run_latency_us=result.run_latency_us)
+    for shape, data in result.outputs:
+        response.outputs.add(shape=shape, dtype=agent_pb2.DATA_TYPE_FLOAT32, data=data)
+    response.server_latency_us = (time.perf_counter_ns() - start_ns) // 1000
+    return response
+
+
+@dataclass
+class Agent:
+    """A started agent: the gRPC server, its bound port, and what to close on shutdown."""
+
+    server: grpc.Server
+    port: int
+    servicer: AgentServicer
+    health: health.HealthServicer
+
+    def stop(self, grace_s: float | None = SHUTDOWN_GRACE_S) -> None:
+        """Stop taking calls, let in-flight ones finish for up to ``grace_s``, then stop the workers."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        self.servicer.sessions.close()
+
+
+def create_server(config: AgentConfig) -> Agent:
+    """Build and start the agent's gRPC server as ``config`` says.
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+    """
+    cache_dir = config.cache_dir or default_cache_dir()
+    cache = ModelCache(cache_dir, config.cache_max_bytes)
+    sessions = SessionManager(cache, config.max_batch_bytes, config.max_sessions, config.allowed_delegates)
+    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second agent on the same port must fail, not share it
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="rpc"),
+                         interceptors=interceptors, options=options)
+    servicer = AgentServicer(config, cache, sessions)
+    agent_pb2_grpc.add_AgentServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    if config.tls_cert is not None:
+        credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if not port:
+        raise RuntimeError(f"cannot listen on {address}: is another process using the port?")
+    server.start()
+    log.info("agent %s serving %s on %s:%d (protocol %d.%d, cache %s, token %s, tls %s)", __version__, SERVICE_NAME,
+             config.host, port, PROTOCOL_MAJOR, PROTOCOL_MINOR, cache_dir, "on" if config.token else "off",
+             "on" if config.tls_cert else "off")
+    return Agent(server, port, servicer, health_servicer)
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/dflare-agent`` (``~/.cache/dflare-agent``), or the temp dir's when home is read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "dflare-agent")
+    try:
+        os.makedirs(path, exist_ok=True)
+        return path
+    except OSError:
+        return os.path.join(tempfile.gettempdir(), "dflare-agent-cache")
+
+
+@contextlib.contextmanager
+def run_server(port: int = 0, host: str = "127.0.0.1", *, token: str | None = None,
+               cache_dir: str = "", allowed_delegates: Sequence[str] = (), grace_s: float = 0.0,
+               **config_fields) -> Iterator[int]:
+    """Run an agent in this process for the duration of a ``with`` block; yields the bound port.
+
+    Args:
+        port: 0 picks a free port.
+        host: the address to bind.
+        token: required bearer token, or None.
+        cache_dir: model store ("" for the default).
+        allowed_delegates: libraries ``external:`` delegates may load.
+        grace_s: how long in-flight calls get on exit.
+        **config_fields: any other :class:`AgentConfig` field.
+    """
+    config = AgentConfig(host=host, port=port, token=token, cache_dir=cache_dir,
+                         allowed_delegates=tuple(allowed_delegates), **config_fields)
+    agent = create_server(config)
+    try:
+        yield agent.port
+    finally:
+        agent.stop(grace_s)

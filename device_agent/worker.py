@@ -1,0 +1,491 @@
+"""Model execution in a child process, so a native crash costs one request, never the agent.
+
+Each loaded session owns one :class:`Worker`: a child process holding one
+:class:`~device_agent.runtime.ModelRunner`. The agent talks to it over a pipe carrying small
+control messages; image batches and outputs travel through shared-memory slots (a file in
+/dev/shm mapped by both processes), so a batch is copied once into the slot and read in place by
+the interpreter. A worker has :data:`IN_FLIGHT_SLOTS` slots: while it runs one batch the agent
+can already copy the next ones in, which is what lets ``InferStream`` keep the interpreter busy.
+
+When the child dies (SIGSEGV, SIGABRT from a broken delegate or model), every request it held
+fails with :class:`~device_agent.errors.WorkerCrashedError` naming the signal and what it was
+doing; the session's owner starts a fresh worker for the next request.
+
+Test-only fault injection: when the agent's environment has ``DFLARE_AGENT_FAULT_INJECTION=1``,
+the delegate option ``dflare.fault`` (``abort_on_load``, ``abort_on_infer``, ``segv_on_infer``)
+makes the worker crash on purpose. Without the variable the option is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Sequence
+
+import numpy as np
+
+from device_agent import runtime
+from device_agent.errors import InvalidRequestError, WorkerCrashedError
+
+log = logging.getLogger(__name__)
+
+#: Batches one worker may hold at once (one running, the rest copied in and queued). Two hide the
+#: agent's per-request overhead behind the interpreter; four leave room for a few client threads.
+IN_FLIGHT_SLOTS = 4
+
+#: Environment variable enabling the ``dflare.fault`` delegate option (tests only).
+FAULT_INJECTION_ENV = "DFLARE_AGENT_FAULT_INJECTION"
+#: Delegate option naming a fault to inject (only with :data:`FAULT_INJECTION_ENV` set).
+FAULT_OPTION = "dflare.fault"
+FAULTS = ("abort_on_load", "abort_on_infer", "segv_on_infer")
+#: Delegate-option keys starting with this are the agent's own and never reach a delegate.
+RESERVED_OPTION_PREFIX = "dflare."
+
+#: How long a stopping worker may take to exit before it is killed; exiting frees an interpreter
+#: and a few mappings, well under a second even on a slow phone.
+_STOP_TIMEOUT_S = 3.0
+#: How long to wait for a dead worker's exit status; the pipe closes as the process exits.
+_REAP_TIMEOUT_S = 2.0
+
+_ERROR_KINDS: dict[str, type[Exception]] = {
+    "model_format": runtime.ModelFormatError,
+    "input": runtime.InputError,
+    "delegate_unavailable": runtime.DelegateUnavailableError,
+    "invalid": InvalidRequestError,
+}
+
+
+def fault_injection_enabled() -> bool:
+    """True when the test-only ``dflare.fault`` option is honoured."""
+    return os.environ.get(FAULT_INJECTION_ENV) == "1"
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything a worker needs to build its interpreter (picklable)."""
+
+    model_path: str
+    delegate: str
+    threads: int | None
+    preprocessing: dict
+    allowed_external: tuple[str, ...]
+    delegate_options: dict[str, str]
+    fault: str = ""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What the worker reports after loading."""
+
+    input_spec: runtime.TensorSpec
+    output_specs: list[runtime.TensorSpec]
+    delegated_nodes: int
+    cpu_ops: list[str]
+    delegate: str
+    load_latency_us: int
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One batch's outputs (float32 bytes with their shapes) and the interpreter's latency."""
+
+    outputs: list[tuple[tuple[int, ...], bytes]]
+    invoke_latency_us: int
+    run_latency_us: int
+
+
+def _shm_dir() -> str | None:
+    """A RAM-backed directory for the slots when there is one (Linux /dev/shm), else the temp dir."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return None
+
+
+class _Slot:
+    """One shared-memory region: input batch at offset 0, outputs after ``input_bytes``."""
+
+    def __init__(self, input_bytes: int, output_bytes: int) -> None:
+        self.input_bytes = input_bytes
+        self.size = input_bytes + output_bytes
+        fd, self.path = tempfile.mkstemp(prefix="dflare-slot-", dir=_shm_dir())
+        try:
+            os.ftruncate(fd, self.size)  # sparse: pages are used only when a batch touches them
+            self.map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.view = memoryview(self.map)
+
+    def unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        self.unlink()
+        self.view.release()
+        self.map.close()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Describe a child's exit status: ``killed by SIGSEGV``, ``exit code 3``."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class Worker:
+    """A child process running one model; thread-safe, with up to :data:`IN_FLIGHT_SLOTS` batches queued.
+
+    Args:
+        name: a label for logs and error messages (the model's name and delegate).
+        max_batch_bytes: the largest input batch a slot must hold.
+    """
+
+    def __init__(self, name: str, max_batch_bytes: int) -> None:
+        self.name = name
+        self.max_batch_bytes = max_batch_bytes
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen | None = None
+        self._send_lock = threading.Lock()
+        self._pending: collections.deque[tuple[Future, int | None, str]] = collections.deque()
+        self._slots: list[_Slot] = []
+        self._free_slots: list[int] = []
+        self._slot_available = threading.Condition(self._send_lock)
+        self._dead_reason: str | None = None
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the child process (``python -m device_agent.worker``), connected by a socket pair.
+
+        A fresh interpreter rather than ``multiprocessing``: the child inherits no gRPC threads
+        and never re-imports the agent's ``__main__``.
+        """
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "device_agent.worker", str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._reader = threading.Thread(target=self._read_replies, name=f"reader[{self.name}]", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._dead_reason is None and self._process is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def load(self, spec: LoadSpec) -> LoadResult:
+        """Build the interpreter in the child, then map the shared-memory slots.
+
+        Raises:
+            runtime.ModelFormatError, runtime.DelegateUnavailableError, InvalidRequestError: the
+                runtime refused the model or delegate.
+            WorkerCrashedError: the child died while loading.
+        """
+        result: LoadResult = self._call(("load", spec), "loading the model").result()
+        image_bytes = int(np.prod(result.input_spec.shape[1:]))  # uint8: the smallest accepted input
+        max_images = max(1, self.max_batch_bytes // max(1, image_bytes))
+        output_bytes = max_images * sum(int(np.prod(s.shape[1:])) for s in result.output_specs) * 4
+        slots = [_Slot(self.max_batch_bytes, output_bytes) for _ in range(IN_FLIGHT_SLOTS)]
+        try:
+            self._call(("attach", [(s.path, s.size, s.input_bytes) for s in slots]), "mapping shared memory").result()
+        finally:
+            for slot in slots:
+                slot.unlink()  # both processes hold mappings now; the name is no longer needed
+        with self._send_lock:
+            self._slots = slots
+            self._free_slots = list(range(len(slots)))
+        return result
+
+    def close(self) -> None:
+        """Stop the child (politely, then by force) and release the slots."""
+        process = self._process
+        if process is None:
+            return
+        if self._dead_reason is None:
+            try:
+                with self._send_lock:
+                    self._conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        try:
+            process.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(_REAP_TIMEOUT_S)
+        self._mark_dead("stopped")
+        if self._conn is not None:
+            self._conn.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(_REAP_TIMEOUT_S)
+        for slot in self._slots:
+            with contextlib.suppress(BufferError):  # a caller still holds a view: freed when collected
+                slot.close()
+        self._slots = []
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, data: bytes | memoryview, shape: Sequence[int], dtype: str) -> Future:
+        """Queue one batch; the future resolves to an :class:`InferResult`.
+
+        Blocks while all slots are in flight.
+
+        Raises:
+            WorkerCrashedError: the worker is already dead (via the future when it dies later).
+        """
+        nbytes = len(data)
+        if nbytes > self.max_batch_bytes:
+            raise InvalidRequestError(f"batch of {nbytes} bytes exceeds the slot size {self.max_batch_bytes}")
+        with self._slot_available:
+            while not self._free_slots and self._dead_reason is None:
+                self._slot_available.wait()
+            self._raise_if_dead()
+            index = self._free_slots.pop()
+        slot = self._slots[index]
+        slot.view[:nbytes] = data
+        what = f"running a batch of shape {tuple(shape)}"
+        return self._call(("infer", index, tuple(int(d) for d in shape), dtype), what, slot=index)
+
+    def infer(self, data: bytes | memoryview, shape: Sequence[int], dtype: str) -> InferResult:
+        """Run one batch and wait for it (see :meth:`submit`)."""
+        return self.submit(data, shape, dtype).result()
+
+    def _call(self, message: tuple, what: str, slot: int | None = None) -> Future:
+        future: Future = Future()
+        with self._send_lock:
+            if self._dead_reason is not None:
+                if slot is not None:
+                    self._free_slots.append(slot)
+                    self._slot_available.notify()
+                raise self._crash_error(what)
+            self._pending.append((future, slot, what))
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                self._pending.pop()
+                if slot is not None:
+                    self._free_slots.append(slot)
+                raise self._crash_error(what) from None
+        return future
+
+    def _raise_if_dead(self) -> None:
+        if self._dead_reason is not None:
+            raise self._crash_error("waiting for a free slot")
+
+    def _crash_error(self, what: str) -> WorkerCrashedError:
+        return WorkerCrashedError(
+            f"the worker for {self.name} died ({self._dead_reason or 'pipe closed'}) while {what}; "
+            "the agent starts a fresh worker for the next request"
+        )
+
+    # -- replies --------------------------------------------------------------------------------
+    def _read_replies(self) -> None:
+        conn = self._conn
+        while True:
+            try:
+                reply = conn.recv()
+            except (EOFError, OSError, ValueError):
+                self._on_child_exit()
+                return
+            with self._send_lock:
+                future, slot, _ = self._pending.popleft()
+            try:
+                self._resolve(future, slot, reply)
+            finally:
+                if slot is not None:
+                    with self._send_lock:
+                        self._free_slots.append(slot)
+                        self._slot_available.notify()
+
+    def _resolve(self, future: Future, slot: int | None, reply: tuple) -> None:
+        kind = reply[0]
+        if kind == "error":
+            _, error_kind, message = reply
+            future.set_exception(_ERROR_KINDS.get(error_kind, RuntimeError)(message))
+        elif kind == "infer":
+            _, shapes, invoke_us, run_us = reply
+            view = self._slots[slot].view
+            offset = self._slots[slot].input_bytes
+            outputs = []
+            for shape in shapes:
+                nbytes = int(np.prod(shape)) * 4
+                outputs.append((tuple(shape), bytes(view[offset : offset + nbytes])))
+                offset += nbytes
+            future.set_result(InferResult(outputs, invoke_us, run_us))
+        else:
+            future.set_result(reply[1])
+
+    def _on_child_exit(self) -> None:
+        code = None
+        if self._process is not None:
+            try:
+                code = self._process.wait(_REAP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()  # the pipe is gone but the process lingers: it is of no use
+                code = self._process.wait(_REAP_TIMEOUT_S)
+        reason = describe_exit(code)
+        with self._send_lock:
+            pending = list(self._pending)
+            self._pending.clear()
+        if self._dead_reason is None and pending:
+            log.error("worker %s (pid %s) died: %s", self.name, self.pid, reason)
+        self._mark_dead(reason)
+        for future, _, what in pending:
+            future.set_exception(self._crash_error(what))
+
+    def _mark_dead(self, reason: str) -> None:
+        with self._slot_available:
+            if self._dead_reason is None:
+                self._dead_reason = reason
+            self._slot_available.notify_all()
+
+
+# -- the child process ------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the child: ``python -m device_agent.worker FD`` (FD: its end of the socket pair)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m device_agent.worker FD (started by the agent, not by hand)", file=sys.stderr)
+        return 2
+    _child_main(Connection(int(args[0])))
+    return 0
+
+
+def _child_main(conn: Connection) -> None:
+    """Serve load/attach/infer messages until ``stop`` or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _disable_core_dumps()
+    state = _ChildState()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        op = message[0]
+        if op == "stop":
+            return
+        try:
+            reply = state.handle(op, message[1:])
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the agent, typed
+            reply = ("error", _error_kind(exc), str(exc))
+        conn.send(reply)
+
+
+def _disable_core_dumps() -> None:
+    """A crashing model must not fill the device's storage with core files."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _error_kind(exc: Exception) -> str:
+    for kind, cls in _ERROR_KINDS.items():
+        if isinstance(exc, cls):
+            return kind
+    if isinstance(exc, ValueError):
+        return "invalid"
+    return f"internal:{type(exc).__name__}"
+
+
+class _ChildState:
+    def __init__(self) -> None:
+        self.runner: runtime.ModelRunner | None = None
+        self.fault = ""
+        self.maps: list[mmap.mmap] = []
+        self.input_bytes: list[int] = []
+
+    def handle(self, op: str, args: tuple) -> Any:
+        if op == "load":
+            return ("ok", self._load(*args))
+        if op == "attach":
+            return ("ok", self._attach(*args))
+        if op == "infer":
+            return self._infer(*args)
+        raise RuntimeError(f"unknown worker operation {op!r}")
+
+    def _load(self, spec: LoadSpec) -> LoadResult:
+        self.fault = spec.fault
+        if self.fault == "abort_on_load":
+            os.abort()
+        start = time.perf_counter_ns()
+        content = open(spec.model_path, "rb").read()  # noqa: SIM115 - read whole, closed by refcount
+        self.runner = runtime.ModelRunner(
+            content,
+            delegate=spec.delegate,
+            threads=spec.threads,
+            preprocessing=runtime.Preprocessing.from_dict(spec.preprocessing),
+            allowed_external=spec.allowed_external,
+            delegate_options=spec.delegate_options,
+        )
+        latency_us = (time.perf_counter_ns() - start) // 1000
+        return LoadResult(self.runner.input_spec, list(self.runner.output_specs), self.runner.delegated_nodes,
+                          list(self.runner.cpu_ops), str(self.runner.delegate), latency_us)
+
+    def _attach(self, slots: list[tuple[str, int, int]]) -> None:
+        for path, size, input_bytes in slots:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                self.maps.append(mmap.mmap(fd, size))
+            finally:
+                os.close(fd)
+            self.input_bytes.append(input_bytes)
+
+    def _infer(self, index: int, shape: tuple[int, ...], dtype: str) -> tuple:
+        if self.fault == "abort_on_infer":
+            os.abort()
+        if self.fault == "segv_on_infer":
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        mapping = self.maps[index]
+        count = int(np.prod(shape))
+        images = np.frombuffer(mapping, dtype=np.dtype(dtype), count=count).reshape(shape)
+        start = time.perf_counter_ns()
+        outputs = self.runner.infer_all(images)
+        run_us = (time.perf_counter_ns() - start) // 1000
+        invoke_us = int(self.runner.last_invoke_s * 1e6)
+        offset = self.input_bytes[index]
+        shapes = []
+        for out in outputs:
+            flat = np.ascontiguousarray(out, dtype=np.float32).reshape(-1)
+            np.frombuffer(mapping, dtype=np.float32, count=flat.size, offset=offset)[:] = flat
+            offset += flat.nbytes
+            shapes.append(tuple(int(d) for d in out.shape))
+        del images
+        return ("infer", shapes, invoke_us, run_us)
+
+
+if __name__ == "__main__":
+    # Run the copy imported as device_agent.worker, so pickled classes carry their real module name.
+    from device_agent import worker as _worker
+
+    sys.exit(_worker.main())
