@@ -54,7 +54,7 @@ def write_lab(path: Path, devices: list[tuple[str, str]], compressed: Path, *, d
     lines = [
         "[lab]", 'name = "test-lab"', 'history = "history.sqlite"', 'out = "runs"',
         f"delegates = [{', '.join(repr(d).replace(chr(39), chr(34)) for d in delegates)}]",
-        "retries = 1", "backoff_s = 0.05", "",
+        "retries = 1", "backoff_s = 0.05", "connect_timeout_s = 2.0", "",
         "[budget]", f"seeds = {seeds}", f"max_queries = {max_queries}", "latency_runs = 3", "batch_size = 4", "",
         "[regression]", "latency_ratio = 1000.0", "",  # latency on 2 shared cores is too noisy to gate here
     ]

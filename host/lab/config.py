@@ -54,6 +54,9 @@ DEFAULT_MAX_PARALLEL_DEVICES = 4
 DEFAULT_RETRIES = 2
 #: First backoff in seconds: long enough for an agent restart or a USB re-enumeration.
 DEFAULT_BACKOFF_S = 2.0
+#: Seconds to wait for a device's agent to accept a connection (RemoteTarget's default): a phone
+#: waking up answers within it; a dead agent costs this much per connect attempt.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 #: A p50 latency this many times the baseline's is a regression (1.5: beyond run-to-run noise
 #: on phones with thermal throttling, yet catching a delegate silently falling back to CPU).
 DEFAULT_LATENCY_RATIO = 1.5
@@ -129,6 +132,7 @@ class LabConfig:
     max_parallel_devices: int = DEFAULT_MAX_PARALLEL_DEVICES
     retries: int = DEFAULT_RETRIES
     backoff_s: float = DEFAULT_BACKOFF_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     token_file: Path | None = None
     budget: Budget = field(default_factory=Budget)
     health: HealthCheck | None = None
@@ -222,7 +226,7 @@ class _LabParser:
         self.keys(self.data, ("lab", "budget", "health", "regression", "device", "model"), "top level")
         lab = self.data.get("lab", {})
         self.keys(lab, ("name", "history", "out", "delegates", "reference_delegate", "max_parallel_devices",
-                        "retries", "backoff_s", "token_file"), "[lab]")
+                        "retries", "backoff_s", "connect_timeout_s", "token_file"), "[lab]")
         name = lab.get("name", self.path.stem)
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise self.fail("[lab].name", f"use letters, digits, '.', '_' or '-', got {name!r}")
@@ -248,6 +252,7 @@ class _LabParser:
                                              int, 1),
             retries=self.number(lab, "retries", "[lab]", DEFAULT_RETRIES, int, 0),
             backoff_s=self.number(lab, "backoff_s", "[lab]", DEFAULT_BACKOFF_S, float, 0),
+            connect_timeout_s=self.number(lab, "connect_timeout_s", "[lab]", DEFAULT_CONNECT_TIMEOUT_S, float, 0.1),
             token_file=self.path_value(lab["token_file"], "[lab].token_file") if "token_file" in lab else None,
             budget=self.parse_budget(),
             health=self.parse_health(),

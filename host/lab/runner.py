@@ -21,6 +21,7 @@ the budget allows queries.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import os
 import secrets
@@ -106,11 +107,18 @@ def _read_token(path: Path | None) -> str | None:
         raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
 
 
-def default_open_target(uri: str, token: str | None) -> Target:
-    """Open a device target through ``host.targets.open_target``, passing the token if any."""
+def default_open_target(uri: str, token: str | None, connect_timeout_s: float | None = None) -> Target:
+    """Open a device target through ``host.targets.open_target``, passing the token and connect timeout."""
     from host.targets import open_target
 
-    return open_target(uri, token=token) if token and not uri.startswith("local") else open_target(uri)
+    if uri.startswith("local"):
+        return open_target(uri)
+    options: dict[str, Any] = {}
+    if token:
+        options["token"] = token
+    if connect_timeout_s is not None and uri.startswith("grpc://"):
+        options["connect_timeout_s"] = connect_timeout_s
+    return open_target(uri, **options)
 
 
 class _DeviceGone(Exception):
@@ -123,7 +131,8 @@ class LabRunner:
     Args:
         config: the parsed lab file.
         history: where runs are recorded.
-        open_target: ``(uri, token) -> Target``; injected in tests.
+        open_target: ``(uri, token) -> Target``; default: :func:`default_open_target` with the lab's
+            ``connect_timeout_s``.
         reference_target: where original models run (default: a ``LocalTarget``).
         on_event: progress callback, called from worker threads.
         sleep: the backoff sleep (injected in tests).
@@ -133,7 +142,7 @@ class LabRunner:
         self,
         config: LabConfig,
         history: History,
-        open_target: Callable[[str, str | None], Target] = default_open_target,
+        open_target: Callable[[str, str | None], Target] | None = None,
         reference_target: Target | None = None,
         on_event: Callable[[LabEvent], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -142,7 +151,8 @@ class LabRunner:
 
         self.config = config
         self.history = history
-        self.open_target = open_target
+        self.open_target = open_target or functools.partial(default_open_target,
+                                                            connect_timeout_s=config.connect_timeout_s)
         self.reference = reference_target or LocalTarget()
         self.on_event = on_event or (lambda event: None)
         self.sleep = sleep
