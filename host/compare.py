@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from host.errors import ConfigError, Error, SeedError
+from host.errors import ConfigError, Error, SeedError, TargetUnreachableError
 from host.targets.base import ModelSpec, Session, Target
 
 #: Untimed runs before timing starts: benchmark_model's default is 1; the second covers XNNPACK's
@@ -450,6 +450,8 @@ def run_compare(
     if len(jobs) < 2:
         raise ConfigError("compare needs at least two columns: give two or more --targets, or --original")
     opened: dict[str, Target] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    unreachable: dict[str, str] = {}  # URI -> error: later columns on a dead target fail at once
     sessions: dict[str, Session] = {}
     columns: list[Column] = []
     try:
@@ -457,16 +459,24 @@ def run_compare(
             loaded = m.with_options(delegate=spec.delegate, threads=spec.threads)
             column = Column(label, spec, role, loaded.describe())
             columns.append(column)
+            if spec.uri in unreachable:
+                column.error = unreachable[spec.uri]
+                continue
             try:
-                target = opened.get(spec.uri) or open_target(spec.uri)
-                opened[spec.uri] = target
-                column.target_info = _safe_info(target)
+                if spec.uri not in opened:
+                    target = open_target(spec.uri)
+                    opened[spec.uri] = target
+                    infos[spec.uri] = target.info()
+                target = opened[spec.uri]
+                column.target_info = infos[spec.uri]
                 session = target.load(loaded)
                 sessions[label] = session
                 column.probs, column.latency, column.host_latency = measure_session(
                     session, seeds, batch_size, warmup_runs, min_runs)
                 column.peak_memory_bytes = _peak_memory(session, target)
                 column.delegated_nodes = getattr(session, "delegated_nodes", None)
+            except TargetUnreachableError as exc:
+                column.error = unreachable[spec.uri] = str(exc)
             except Error as exc:
                 column.error = str(exc)
         ok = [c for c in columns if c.ok]
@@ -484,14 +494,6 @@ def run_compare(
             _quietly(target.close)
     settings = {"batch_size": batch_size, "warmup_runs": warmup_runs, "min_runs": min_runs}
     return CompareResult(int(seeds.shape[0]), columns, pairs, settings)
-
-
-def _safe_info(target: Target) -> dict[str, Any]:
-    try:
-        info = target.info()
-    except Error:
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 def _quietly(fn: Callable[[], Any]) -> None:

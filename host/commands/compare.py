@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean, overriding the model's metadata")
     p.add_argument("--std", type=float, nargs="+", help="per-channel std, overriding the model's metadata")
     p.add_argument("--token-file", type=Path, help="agent token for grpc:// targets (else $DFLARE_TOKEN)")
+    p.add_argument("--connect-timeout-s", type=float,
+                   help="seconds to wait for a grpc:// agent to accept the connection (default: the client's, 10)")
     p.add_argument("--search", action="store_true", help="also search for triggering inputs between every pair")
     p.add_argument("--algo", default="dflare", help="search algorithm with --search (default dflare)")
     p.add_argument("--max-queries", type=int, default=500, help="per-seed query budget with --search (default 500)")
@@ -96,7 +98,10 @@ def _target_opener(args: argparse.Namespace):
     def opener(uri: str):
         if uri.startswith("local"):
             return open_target(uri)
-        return open_target(uri, token=token) if token else open_target(uri)
+        options: dict[str, Any] = {"token": token} if token else {}
+        if args.connect_timeout_s is not None and uri.startswith("grpc://"):
+            options["connect_timeout_s"] = args.connect_timeout_s
+        return open_target(uri, **options)
 
     return opener
 
