@@ -37,6 +37,7 @@ fixtures:
 bench: venv
 	$(PY) scripts/bench_agent.py
 	$(PY) scripts/bench_search.py
+	$(PY) scripts/bench_compare.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

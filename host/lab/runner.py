@@ -114,10 +114,10 @@ def default_open_target(uri: str, token: str | None, connect_timeout_s: float | 
     if uri.startswith("local"):
         return open_target(uri)
     options: dict[str, Any] = {}
-    if token:
-        options["token"] = token
-    if connect_timeout_s is not None and uri.startswith("grpc://"):
+    if connect_timeout_s is not None:
         options["connect_timeout_s"] = connect_timeout_s
+    if token and uri.startswith("grpc://"):  # an adb:// device gets the token its deployment creates
+        options["token"] = token
     return open_target(uri, **options)
 
 
