@@ -308,8 +308,10 @@ class _LabParser:
         self.keys(table, ("algo", "seeds", "max_queries", "timeout_s", "rng_seed", "latency_runs", "batch_size"),
                   "[budget]")
         algo = table.get("algo", "dflare")
-        if not isinstance(algo, str):
-            raise self.fail("[budget].algo", f"expected an algorithm name, got {algo!r}")
+        from host.search import ALGORITHMS
+
+        if algo not in ALGORITHMS:
+            raise self.fail("[budget].algo", f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
         budget = Budget(
             algo=algo,
             seeds=self.number(table, "seeds", "[budget]", 20, int, 1),

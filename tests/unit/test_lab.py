@@ -38,6 +38,7 @@ def test_config_reads_devices_models_and_resolves_paths(tmp_path):
     (('delegates = ["xnnpack"]', 'delegates = ["tpu"]'), "unknown delegate"),
     (("max_queries = 60", "max_queries = -1"), "at least 0"),
     (("seeds = 12", 'seeds = "all"'), "expected an integer"),
+    (("seeds = 12", 'seeds = 12\nalgo = "hillclimb"'), "unknown algorithm 'hillclimb'"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, fragment):
     path = write_lab(tmp_path / "lab.toml", [("a", "local:"), ("b", "local:")], INT8)
