@@ -1,8 +1,8 @@
 """``dflare run`` end to end: SIGKILL mid-campaign, rerun, and nothing lost, redone or duplicated.
 
-The campaign runs as a real ``dflare run`` process with the real search engine. The compressed
-model runs through a real agent on loopback when the agent fixture is available (``agent_uri`` in
-a conftest), else in-process (``local:``). The killed-and-resumed campaign must end with exactly
+The campaign runs as a real ``dflare run`` process with the real search engine; the compressed
+model runs through a real ``dflare-agent`` on loopback (the ``agent`` fixture), the original
+in-process. The killed-and-resumed campaign must end with exactly
 the per-seed outcomes of an uninterrupted campaign (the engine derives each seed's randomness from
 its index), and summary.json and junit.xml must parse and agree with the store.
 """
@@ -35,19 +35,11 @@ _SEED_LINE = re.compile(r"^\[\d+/\d+\] seed (\d+) (\w+)")
 
 
 @pytest.fixture
-def target_args(request: pytest.FixtureRequest) -> list[str]:
-    """Flags that put the compressed model on the agent fixture if there is one, else on ``local:``."""
-    try:
-        uri = request.getfixturevalue("agent_uri")
-    except pytest.FixtureLookupError:
-        return ["--target", "local:"]
-    args = ["--target", uri]
-    try:
-        token_file = request.getfixturevalue("agent_token_file")
-    except pytest.FixtureLookupError:
-        token_file = None
-    if token_file:
-        args += ["--token-file", str(token_file)]
+def target_args(agent_uri: str, agent_token_file: Path | None) -> list[str]:
+    """Flags that put the compressed model on the real agent (tests/integration/conftest.py)."""
+    args = ["--target", agent_uri]
+    if agent_token_file is not None:
+        args += ["--token-file", str(agent_token_file)]
     return args
 
 
@@ -128,6 +120,8 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, target_args: list[str]
     searched = [r for r in final.values() if r["status"] != "skipped"]
     assert {k: summary[k] for k in printed} == printed
     assert summary["complete"] is True and summary["seeds_requested"] == N_SEEDS
+    assert summary["per_target"]["compressed"]["uri"] == target_args[1]  # really through the agent
+    assert summary["per_target"]["compressed"]["device"]
     assert (summary["seeds"], summary["triggered"]) == (len(searched), len(triggered))
     assert summary["total_queries"] == sum(r["queries"] for r in final.values())
     assert len(summary["triggering_inputs"]) == len(inputs)
