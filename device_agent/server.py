@@ -59,6 +59,8 @@ DEFAULT_HANDLER_THREADS = 16
 #: Seconds in-flight calls get to finish after SIGTERM before they are cancelled: longer than one
 #: large batch on a slow delegate, short enough for a lab's service manager.
 SHUTDOWN_GRACE_S = 10.0
+#: How often a stream's request pump checks whether the stream ended while its queue is full.
+_PUMP_POLL_S = 0.1
 #: Metadata key carrying "Bearer <token>".
 AUTH_METADATA_KEY = "authorization"
 
@@ -274,27 +276,45 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """
         with _status_from_errors(context):
             pending: queue.Queue = queue.Queue(maxsize=IN_FLIGHT_SLOTS)
-            pump = threading.Thread(target=self._pump, args=(request_iterator, pending, context),
+            stopped = threading.Event()
+            pump = threading.Thread(target=self._pump, args=(request_iterator, pending, stopped),
                                     name="infer-stream-pump", daemon=True)
             pump.start()
-            while True:
-                item = pending.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                request_id, future, start_ns = item
-                yield _response(request_id, future.result(), start_ns)
+            try:
+                while True:
+                    item = pending.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    request_id, future, start_ns = item
+                    yield _response(request_id, future.result(), start_ns)
+            finally:
+                stopped.set()  # the pump stops at its next put; drain so it is not blocked on a full queue
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        pending.get_nowait()
 
-    def _pump(self, request_iterator, pending: queue.Queue, context: grpc.ServicerContext) -> None:
+    @staticmethod
+    def _put_unless_stopped(pending: queue.Queue, item, stopped: threading.Event) -> bool:
+        while not stopped.is_set():
+            try:
+                pending.put(item, timeout=_PUMP_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self, request_iterator, pending: queue.Queue, stopped: threading.Event) -> None:
         try:
             for request in request_iterator:
                 start_ns = time.perf_counter_ns()
-                pending.put((request.request_id, self._submit(request), start_ns))
-            pending.put(None)
+                if not self._put_unless_stopped(pending, (request.request_id, self._submit(request), start_ns),
+                                                stopped):
+                    return
+            self._put_unless_stopped(pending, None, stopped)
         except Exception as exc:  # noqa: BLE001 - handed to the generator, which maps it to a status
-            if context.is_active():
-                pending.put(exc)
+            self._put_unless_stopped(pending, exc, stopped)
 
     def _submit(self, request: agent_pb2.InferRequest) -> futures.Future:
         tensor = request.input

@@ -1,0 +1,93 @@
+"""The agent's content-addressed model store: verification, idempotence, byte cap, eviction."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from device_agent.cache import ModelCache
+from device_agent.errors import InvalidRequestError, LimitExceededError, NotFoundError
+
+
+def fake_model(size: int, tag: int = 0) -> bytes:
+    """Bytes with a TFLite header (root offset + "TFL3"): enough for the store's checks."""
+    return b"\x1c\x00\x00\x00TFL3" + bytes([tag % 256]) * (size - 8)
+
+
+def put(cache: ModelCache, data: bytes, chunk_bytes: int = 1000) -> tuple[int, bool]:
+    chunks = [data[i: i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+    return cache.put(hashlib.sha256(data).hexdigest(), len(data), chunks)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_put_stores_by_digest_and_is_idempotent(tmp_path):
+    cache = ModelCache(tmp_path, 10_000)
+    model = fake_model(3000)
+    assert put(cache, model) == (3000, False)
+    assert put(cache, model) == (3000, True)
+    assert cache.path(sha(model)).read_bytes() == model
+    assert cache.used_bytes == 3000
+
+
+@pytest.mark.parametrize("case, data, claimed_sha, total, message", [
+    ("truncated", fake_model(2000)[:1500], sha(fake_model(2000)), 2000, "truncated: received 1500 of 2000"),
+    ("too long", fake_model(2000), sha(fake_model(2000)), 1500, "more than the announced"),
+    ("digest", fake_model(2000), sha(b"x"), 2000, "sha256 mismatch"),
+    ("not tflite", b"\x00" * 2000, sha(b"\x00" * 2000), 2000, "not a TFLite model"),
+    ("bad digest", fake_model(2000), "ABC", 2000, "64 lowercase hex"),
+])
+def test_bad_uploads_are_refused_and_leave_nothing(tmp_path, case, data, claimed_sha, total, message):
+    cache = ModelCache(tmp_path, 10_000)
+    with pytest.raises(InvalidRequestError, match=message):
+        cache.put(claimed_sha, total, [data])
+    assert list(tmp_path.iterdir()) == [] and cache.used_bytes == 0
+
+
+def test_unknown_digest_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError, match="upload it with PutModel"):
+        ModelCache(tmp_path, 1000).path("0" * 64)
+
+
+def test_evicts_least_recently_used_unpinned_models(tmp_path):
+    cache = ModelCache(tmp_path, 10_000)
+    a, b, c, d = (fake_model(3000, tag) for tag in range(4))
+    for model in (a, b, c):
+        put(cache, model)
+    cache.pin(sha(a))          # a is loaded: never evicted
+    cache.path(sha(b))         # b used more recently than c
+    put(cache, d)              # needs 3000 more: c (oldest unpinned) goes
+    assert sha(c) not in cache
+    assert all(s in cache for s in (sha(a), sha(b), sha(d)))
+    assert cache.used_bytes == 9000
+
+
+def test_full_of_pinned_models_is_resource_exhausted(tmp_path):
+    cache = ModelCache(tmp_path, 7000)
+    a, b, c = (fake_model(3000, tag) for tag in range(3))
+    put(cache, a)
+    put(cache, b)
+    cache.pin(sha(a))
+    cache.pin(sha(b))
+    with pytest.raises(LimitExceededError, match="held by loaded models"):
+        put(cache, c)
+    cache.unpin(sha(b))
+    put(cache, c)  # b is unloaded now, so it can make room
+    assert sha(b) not in cache and sha(c) in cache
+
+
+def test_model_larger_than_the_cache(tmp_path):
+    with pytest.raises(LimitExceededError, match="--cache-max-bytes"):
+        put(ModelCache(tmp_path, 1000), fake_model(2000))
+
+
+def test_reopening_finds_stored_models_and_drops_partial_uploads(tmp_path):
+    model = fake_model(2000)
+    put(ModelCache(tmp_path, 10_000), model)
+    (tmp_path / ".upload-123").write_bytes(b"partial")
+    reopened = ModelCache(tmp_path, 10_000)
+    assert sha(model) in reopened and reopened.used_bytes == 2000
+    assert not (tmp_path / ".upload-123").exists()
