@@ -30,8 +30,9 @@ demo: venv
 protos: venv
 	bash scripts/gen_protos.sh
 
-## make fixtures: retrain and re-export the fixture models (needs TensorFlow: pip install -e .[fixtures]).
-fixtures:
+## make fixtures: retrain and re-export the fixture models (installs the TensorFlow extra into .venv first).
+fixtures: venv
+	$(PY) -m pip install --quiet -e '.[fixtures]'
 	$(PY) scripts/make_fixtures.py
 
 bench: venv
