@@ -1,4 +1,6 @@
-"""Run a short campaign on the fixture models and save a screenshot of its report (docs/report-screenshot.png).
+"""Run a short campaign through a local agent and save a screenshot of its report (docs/report-screenshot.png).
+
+The compressed model runs in a real ``dflare-agent`` on loopback, as in ``make demo``.
 
     .venv/bin/python scripts/report_screenshot.py [--out DIR] [--png docs/report-screenshot.png]
 
@@ -16,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from host.cli import main as dflare  # noqa: E402
+from tests.agent_support import start_agent  # noqa: E402
 from tests.chromium import render  # noqa: E402
 
 #: Tall enough to show the header, the summary, the plots and the first gallery entries.
-WINDOW_PX = (1280, 2600)
+WINDOW_PX = (1280, 3000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="dflare-screenshot-"))
     models = ROOT / "tests" / "fixtures" / "models"
-    code = dflare(["run", "--original", str(models / "digits28-float32.tflite"),
-                   "--compressed", str(models / "digits28-int8.tflite"),
-                   "--seeds", str(ROOT / "tests" / "fixtures" / "seeds" / "digits28.npz"),
-                   "--limit", "20", "--max-queries", "5000", "--out", str(out), "--progress", "log"])
+    with tempfile.TemporaryDirectory(prefix="dflare-agent-") as workdir, start_agent(Path(workdir)) as agent:
+        code = dflare(["run", "--original", str(models / "digits28-float32.tflite"),
+                       "--compressed", str(models / "digits28-int8.tflite"),
+                       "--seeds", str(ROOT / "tests" / "fixtures" / "seeds" / "digits28.npz"),
+                       "--target", agent.uri, "--token-file", str(agent.token_file), "--force-new",
+                       "--limit", "20", "--max-queries", "5000", "--out", str(out), "--progress", "log"])
     if code != 0:
         return code
     args.png.parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,42 @@ def _gallery_item(record: InputRecord) -> dict[str, Any]:
     return item
 
 
+#: Device facts shown up front in the header; the rest sit in a collapsed list.
+MAIN_DEVICE_KEYS = ("runtime", "runtime_version", "agent_version", "machine", "system", "release", "hostname",
+                    "cpu_count", "delegates")
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short_value(v) for v in value) + "]"
+    return str(value)
+
+
+def target_rows(target: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Header rows for one target: the model's facts, the main device facts, and the other device facts."""
+    model = dict(target.get("model") or {})
+    rows = [("model", str(model.pop("name", ""))), ("sha256", str(target.get("model_sha256") or "")),
+            ("target", str(target.get("uri") or "")), ("delegate", str(target.get("delegate") or ""))]
+    model.pop("sha256", None)
+    model.pop("delegate", None)
+    spec = model.pop("input", None)
+    if isinstance(spec, dict):
+        text = f"{spec.get('dtype')} {_short_value(spec.get('shape'))}"
+        if spec.get("scale"):
+            text += f", scale {_short_value(spec.get('scale'))}, zero point {spec.get('zero_point')}"
+        rows.append(("input", text))
+    pre = model.pop("preprocessing", None)
+    if isinstance(pre, dict):
+        rows.append(("preprocessing", f"mean {_short_value(pre.get('mean'))}, std {_short_value(pre.get('std'))}"))
+    rows += [(k, _short_value(v)) for k, v in model.items()]
+    device = dict(target.get("device") or {})
+    main = [(k, _short_value(device.pop(k))) for k in MAIN_DEVICE_KEYS if k in device]
+    more = [(k, _short_value(v)) for k, v in device.items()]
+    return {"model": rows, "device": main, "device_more": more}
+
+
 def _plot_png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
@@ -148,7 +184,7 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
         "tool_version": __version__,
         "summary": summary,
         "config": summary["config"],
-        "targets": summary["per_target"],
+        "targets": {role: target_rows(t) for role, t in summary["per_target"].items()},
         "gallery": [_gallery_item(r) for r in shown],
         "hidden_inputs": len(records) - len(shown),
         "plots": plots(store),
