@@ -15,7 +15,7 @@ import numpy as np
 from host.errors import ConfigError
 from host.search.dflare import DFlareConfig, DFlareSearcher
 from host.search.diffchaser import MUTATION_RATE, POPULATION_SIZE, DiffChaserSearcher
-from host.search.engine import MAX_LIVE_SEEDS, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
+from host.search.engine import MAX_LIVE_SEEDS, MAX_SPECULATION, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
 from host.search.random import RandomSearcher
 from host.search.results import SeedResult
 from host.search.searcher import SeedContext
@@ -88,6 +88,7 @@ def run(
     indices: Sequence[int] | None = None,
     verify_runs: int = VERIFY_RUNS,
     max_live_seeds: int = MAX_LIVE_SEEDS,
+    max_speculation: int = MAX_SPECULATION,
     on_event: Callable[[Event], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     **algo_options,
@@ -107,6 +108,7 @@ def run(
         indices: the seeds' indices if ``seeds`` is a subset of a larger set.
         verify_runs: re-runs a deviation must survive on both models.
         max_live_seeds: seeds searched in lockstep at most.
+        max_speculation: candidates DFlare may propose per seed and step (results do not depend on it).
         on_event: called with every engine event (started, flaky, triggered, exhausted, skipped).
         clock: monotonic clock (injectable for tests).
         **algo_options: ``population_size`` / ``mutation_rate`` for DiffChaser.
@@ -117,7 +119,7 @@ def run(
     """
     engine = Engine(original, compressed, searcher_factory(algo, **algo_options), algo=algo,
                     budget=Budget.of(budget), rng_seed=rng_seed, verify_runs=verify_runs,
-                    max_live_seeds=max_live_seeds, clock=clock)
+                    max_live_seeds=max_live_seeds, max_speculation=max_speculation, clock=clock)
     for event in engine.run(seeds, labels=labels, indices=indices):
         if on_event is not None:
             on_event(event)

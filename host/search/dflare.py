@@ -193,7 +193,9 @@ class DFlareConfig:
 
 
 class DFlareSearcher:
-    """DFlare on one seed (see the module docstring)."""
+    """DFlare on one seed (see the module docstring). Speculative: see ``searcher.py``."""
+
+    speculative = True
 
     def __init__(self, seed: SeedContext, rng: np.random.Generator, config: DFlareConfig = DFlareConfig()) -> None:
         self.seed = seed
@@ -204,7 +206,9 @@ class DFlareSearcher:
         self.current = seed.image
         self.trace: tuple[MutationStep, ...] = ()
         self.last_op: int | None = None  # the operator that produced the current image
-        self._pending_op: int | None = None
+        # (generator state, uses, proposals) before the first pending proposal and after each one
+        self._snapshots: list[tuple] = []
+        self._consumed = 0  # pending proposals scored so far
         self.accepted = 0
         self.corpus: NoveltyCorpus | None = None
         if config.use_novelty:
@@ -216,26 +220,62 @@ class DFlareSearcher:
     def _diff(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> float:
         return output_difference(probs_original, probs_compressed, self.seed.label, self.config.faithful)
 
-    def propose(self) -> list[Candidate]:
-        op = self.selector.choose(self.last_op)
-        self._pending_op = op
-        step = mutations.draw(self.ops[op], self.rng, self.current.shape, faithful=self.config.faithful)
-        return [Candidate(self.current, self.trace, step)]
+    def propose(self, max_candidates: int = 1) -> list[Candidate]:
+        """Up to ``max_candidates`` candidates, each proposed as if the ones before it were rejected."""
+        self._snapshots = [self._snapshot()]
+        self._consumed = 0
+        candidates = []
+        for _ in range(max(1, max_candidates)):
+            op = self.selector.choose(self.last_op)
+            step = mutations.draw(self.ops[op], self.rng, self.current.shape, faithful=self.config.faithful)
+            candidates.append(Candidate(self.current, self.trace, step, tag=op))
+            self._snapshots.append(self._snapshot())
+        return candidates
 
-    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> None:
-        (candidate,) = candidates
+    def _snapshot(self) -> tuple:
+        return self.rng.bit_generator.state, self.selector.uses.copy(), self.selector.proposals
+
+    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
+        """Score the next pending candidates in order; stop at the first kept one (see ``searcher.py``)."""
+        if not self._snapshots:
+            return 0
+        for j, candidate in enumerate(candidates):
+            self._consumed += 1
+            if self._observe_one(candidate, probs_original[j], probs_compressed[j]):
+                self.end_step()  # later candidates were mutations of the image just replaced
+                return j + 1
+        return len(candidates)
+
+    def end_step(self, also_consumed: int = 0) -> None:
+        """Forget unconsumed proposals: restore the generator and counters to just after the last consumed.
+
+        Args:
+            also_consumed: pending candidates consumed without being observed (a confirmed deviation).
+        """
+        self._consumed += also_consumed
+        if self._snapshots and self._consumed < len(self._snapshots) - 1:
+            state, uses, proposals = self._snapshots[self._consumed]
+            self.rng.bit_generator.state = state
+            self.selector.uses = uses
+            self.selector.proposals = proposals
+        self._snapshots = []
+
+    def _observe_one(self, candidate: Candidate, probs_original: np.ndarray, probs_compressed: np.ndarray) -> bool:
+        """Score one candidate; keep it if it improves the fitness. A rejected one changes no state."""
         novel = False
         if self.corpus is not None:
-            novel, _ = self.corpus.update(np.concatenate([probs_original[0], probs_compressed[0]]))
-        fitness = Fitness(novel, self._diff(probs_original[0], probs_compressed[0]))
-        if improves(fitness, self.best, self.config.faithful, self.config.diff_threshold):
-            assert self._pending_op is not None and candidate.image is not None
-            self.best = fitness
-            self.current = candidate.image
-            self.trace = candidate.full_trace
-            self.last_op = self._pending_op
-            self.selector.record_success(self._pending_op)
-            self.accepted += 1
+            novel, _ = self.corpus.update(np.concatenate([probs_original, probs_compressed]))
+        fitness = Fitness(novel, self._diff(probs_original, probs_compressed))
+        if not improves(fitness, self.best, self.config.faithful, self.config.diff_threshold):
+            return False
+        assert candidate.image is not None
+        self.best = fitness
+        self.current = candidate.image
+        self.trace = candidate.full_trace
+        self.last_op = candidate.tag
+        self.selector.record_success(candidate.tag)
+        self.accepted += 1
+        return True
 
     def stats(self) -> dict:
         return {

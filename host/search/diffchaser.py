@@ -47,6 +47,8 @@ class DiffChaserSearcher:
         faithful: use the original DFlare code's wrap-around noise semantics in the operators.
     """
 
+    speculative = False
+
     def __init__(self, seed: SeedContext, rng: np.random.Generator, population_size: int = POPULATION_SIZE,
                  mutation_rate: float = MUTATION_RATE, faithful: bool = False) -> None:
         if population_size < 2:
@@ -79,7 +81,7 @@ class DiffChaserSearcher:
         child = mutations.apply(first[None], [step])[0]
         return child, (*self.traces[a], step)
 
-    def propose(self) -> list[Candidate]:
+    def propose(self, max_candidates: int = 1) -> list[Candidate]:  # a whole generation at once
         shape = self.seed.image.shape
         if not self.images:
             return [Candidate(self.seed.image, (), self._mutation(shape), tag=i) for i in range(self.population_size)]
@@ -93,7 +95,7 @@ class DiffChaserSearcher:
             candidates.append(Candidate(child, trace, step, tag=slot))
         return candidates
 
-    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> None:
+    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
         label = self.seed.label
         scores = [abs(output_difference(po, pc, label)) for po, pc in zip(probs_original, probs_compressed)]
         if not self.images:
@@ -106,6 +108,10 @@ class DiffChaserSearcher:
                 self.traces[candidate.tag] = candidate.full_trace
                 self.fitness[candidate.tag] = score
         self.generation += 1
+        return len(candidates)
+
+    def end_step(self, also_consumed: int = 0) -> None:
+        pass
 
     def stats(self) -> dict:
         return {"generations": self.generation, "best_fitness": float(self.fitness.max()) if self.fitness.size else 0.0}

@@ -13,8 +13,15 @@ for an image does not depend on the rest of the batch: true for XNNPACK, the ref
 integer models; TFLite's builtin float kernels (delegate ``cpu``) round a row differently, by one
 float32 ulp, with its position in the batch. Time budgets depend on the machine.
 
-Accounting: one query = one image through one model. A seed's ``queries`` include the two spent
-checking the seed itself; re-verification queries are counted apart (``extra["verify_queries"]``).
+Speculation: when few seeds are live, DFlare searchers propose several candidates per step as if
+each earlier one were rejected, and roll back exactly at the first kept one (``searcher.py``), so
+the last, hardest seeds of a run still fill a batch. Results and counted queries are those of the
+one-candidate-at-a-time algorithm; the unconsumed candidates' inference is counted apart.
+
+Accounting: one query = one image through one model. A seed's ``queries`` are those its algorithm
+consumed, including the two spent checking the seed itself; re-verification and speculative
+queries are counted apart (``extra["verify_queries"]``, ``extra["speculative_queries"]``). The
+campaign query budget caps all search inference (consumed + speculative).
 A step's wall time is shared among its seeds in proportion to their queries, and a seed's time
 budget reads that share, so it means "seconds spent on this seed" as in the sequential original.
 
@@ -52,6 +59,12 @@ VERIFY_RUNS: int = 3
 #: while a step's batch stays small: 256 DFlare candidates of 32x32x3 are 786 KB, under gRPC's 4 MiB
 #: default message size. Seeds beyond it wait and start as others finish.
 MAX_LIVE_SEEDS: int = 256
+#: Speculation (see ``searcher.py``): a speculative searcher may propose up to SPECULATION_BATCH / live
+#: seeds candidates per step, so the last seeds of a run (often the hard ones) still fill a batch of
+#: ~64 instead of crawling one image per call; capped at MAX_SPECULATION because every candidate after
+#: an accepted one is wasted inference, and accepted ones come every few candidates on a fresh seed.
+SPECULATION_BATCH: int = 64
+MAX_SPECULATION: int = 16
 #: Per-seed query budget when none is given: the issue's acceptance bar (5,000 queries per seed).
 DEFAULT_MAX_QUERIES: int = 5000
 
@@ -155,6 +168,7 @@ class _SeedRun:
     rng: np.random.Generator
     queries: int = 0
     verify_queries: int = 0
+    speculative_queries: int = 0
     seconds: float = 0.0
     steps: int = 0
     context: SeedContext | None = None
@@ -175,6 +189,8 @@ class Engine:
         rng_seed: the run's seed; each seed's generator derives from it and the seed's index.
         verify_runs: re-runs on both sessions a deviation must survive.
         max_live_seeds: seeds searched in lockstep at most.
+        max_speculation: candidates a speculative searcher may propose per step (1: none); results
+            and counted queries do not depend on it.
         clock: a monotonic clock in seconds (injectable for tests).
     """
 
@@ -189,6 +205,7 @@ class Engine:
         rng_seed: int = 0,
         verify_runs: int = VERIFY_RUNS,
         max_live_seeds: int = MAX_LIVE_SEEDS,
+        max_speculation: int = MAX_SPECULATION,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if verify_runs < 1:
@@ -205,10 +222,12 @@ class Engine:
         self.rng_seed = int(rng_seed)
         self.verify_runs = verify_runs
         self.max_live_seeds = max_live_seeds
+        self.max_speculation = max(1, int(max_speculation))
         self.clock = clock
         # run state, named by what it counts
         self.total_queries: int = 0
         self.total_verify_queries: int = 0
+        self.total_speculative_queries: int = 0  # evaluated candidates the algorithms did not consume
         self.steps: int = 0
         self.batch_calls: int = 0  # infer() calls per session
         self.seeds_started: int = 0
@@ -236,14 +255,15 @@ class Engine:
             self.statistics[key] = self.statistics.get(key, 0.0) + time.perf_counter() - start
 
     # -- querying ---------------------------------------------------------------------------
-    def evaluate(self, images: np.ndarray, owners: Sequence[_SeedRun], verify: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Run a batch through both models, counting one query per image per model.
+    def evaluate(self, images: np.ndarray, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Run a batch through both models: every model query of the engine goes through here.
+
+        Counts the campaign's inference and enforces its query budget; the caller charges each
+        seed for the rows its algorithm consumed (see :meth:`_step`).
 
         Args:
             images: uint8 (N, H, W, C).
-            owners: the seed each row belongs to.
-            verify: count as re-verification (outside the search budgets).
+            verify: a re-verification batch (outside the search budgets).
 
         Returns:
             (probs_original, probs_compressed), each float32 (N, classes).
@@ -251,23 +271,16 @@ class Engine:
         Raises:
             RunIsComplete: via ``exit_with`` when the batch would exceed the campaign budget.
         """
-        n = len(images)
-        cost = QUERIES_PER_IMAGE * n
+        cost = QUERIES_PER_IMAGE * len(images)
         limit = self.budget.campaign_max_queries
-        if not verify and limit is not None and self.total_queries + cost > limit:
+        if not verify and limit is not None and self.total_queries + self.total_speculative_queries + cost > limit:
             self.exit_with(ExitReason.campaign_max_queries)
         with self._phase("infer"):
             probs_o, probs_c = self._infer_both(images)
         self.batch_calls += 1
-        for owner in owners:
-            if verify:
-                owner.verify_queries += QUERIES_PER_IMAGE
-            else:
-                owner.queries += QUERIES_PER_IMAGE
         if verify:
             self.total_verify_queries += cost
-        else:
-            self.total_queries += cost
+        self._check_outputs(probs_o, probs_c)
         return probs_o, probs_c
 
     def _infer_both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,11 +370,15 @@ class Engine:
         return seeds
 
     # -- one lockstep step ------------------------------------------------------------------
+    def _speculation(self, n_live: int) -> int:
+        """Candidates a speculative searcher may propose this step: fill the batch when few seeds are left."""
+        return max(1, min(self.max_speculation, SPECULATION_BATCH // max(1, n_live)))
+
     def _step(self, live: list[_SeedRun], events: list[Event]) -> None:
         step_start = self.clock()
-        owners: list[_SeedRun] = []
         rows: dict[int, list[Candidate]] = {}
         initial: list[_SeedRun] = []
+        width = self._speculation(len(live))
         with self._phase("propose"):
             for seed in list(live):
                 if seed.searcher is None:
@@ -371,17 +388,13 @@ class Engine:
                 if reason is not None:
                     events.append(self._finish(seed, reason))
                     continue
-                candidates = seed.searcher.propose()
-                if self.budget.max_queries is not None:
-                    affordable = (self.budget.max_queries - seed.queries) // QUERIES_PER_IMAGE
-                    candidates = candidates[:affordable]
-                rows[seed.index] = candidates
+                affordable = self._affordable(seed)
+                candidates = seed.searcher.propose(min(width, affordable))
+                rows[seed.index] = candidates[:affordable]
         by_index = {s.index: s for s in live}
-        batch_rows: list[np.ndarray] = []
+        owners: list[_SeedRun] = list(initial)
+        batch_rows: list[np.ndarray] = [seed.image for seed in initial]
         with self._phase("mutate"):
-            for seed in initial:
-                owners.append(seed)
-                batch_rows.append(seed.image)
             flat = [(idx, c) for idx, cands in rows.items() for c in cands]
             if flat:
                 mutants = mutations.apply(np.stack([c.base for _, c in flat]), [c.step for _, c in flat])
@@ -393,35 +406,70 @@ class Engine:
             return
         batch = np.stack(batch_rows)
         self.steps += 1
-        probs_o, probs_c = self.evaluate(batch, owners)
-        self._check_outputs(probs_o, probs_c)
-        labels_o = np.argmax(probs_o, axis=1)
-        labels_c = np.argmax(probs_c, axis=1)
-        row = 0
-        for seed in initial:
+        probs_o, probs_c = self.evaluate(batch)
+        deviates = np.argmax(probs_o, axis=1) != np.argmax(probs_c, axis=1)
+        for row, seed in enumerate(initial):
+            self._charge(seed, 1, 1)
             self._start(seed, probs_o[row], probs_c[row], events)
-            row += 1
-        # deviations first (their re-verification is batched across seeds), then feedback
+        row = len(initial)
         spans: dict[int, tuple[int, int]] = {}
-        suspects: list[tuple[_SeedRun, int]] = []
         for idx, cands in rows.items():
             spans[idx] = (row, row + len(cands))
-            disagree = np.flatnonzero(labels_o[row : row + len(cands)] != labels_c[row : row + len(cands)])
-            if disagree.size:
-                suspects.append((by_index[idx], row + int(disagree[0])))
             row += len(cands)
-        confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
+        # Feed back up to each seed's first deviation; a deviation the algorithm reaches is verified
+        # (batched across seeds) before it is reported or, if flaky, observed like any candidate.
+        suspects: list[tuple[_SeedRun, int]] = []
+        consumed: dict[int, int] = {}
         with self._phase("observe"):
             for idx, (lo, hi) in spans.items():
-                seed = by_index[idx]
+                seed, cands = by_index[idx], rows[idx]
                 seed.steps += 1
-                if idx in confirmed or seed.searcher is None or hi == lo:
+                hits = np.flatnonzero(deviates[lo:hi])
+                d = int(hits[0]) if hits.size else None
+                if not getattr(seed.searcher, "speculative", False):
+                    consumed[idx] = len(cands)  # a batch algorithm (a GA generation) queries all of it
+                    if d is None:
+                        seed.searcher.observe(cands, probs_o[lo:hi], probs_c[lo:hi])  # type: ignore[union-attr]
+                    else:
+                        suspects.append((seed, lo + d))
                     continue
-                seed.searcher.observe(rows[idx], probs_o[lo:hi], probs_c[lo:hi])
+                end = len(cands) if d is None else d
+                used = seed.searcher.observe(cands[:end], probs_o[lo : lo + end], probs_c[lo : lo + end])  # type: ignore[union-attr]
+                consumed[idx] = used
+                if d is not None and used == d:
+                    consumed[idx] = d + 1
+                    suspects.append((seed, lo + d))
+                else:
+                    seed.searcher.end_step()  # type: ignore[union-attr]
+        for idx, (lo, hi) in spans.items():
+            self._charge(by_index[idx], consumed[idx], hi - lo)
+        confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
+        with self._phase("observe"):
+            for seed, r in suspects:
+                if seed.index in confirmed:
+                    continue
+                lo, hi = spans[seed.index]
+                if getattr(seed.searcher, "speculative", False):
+                    seed.searcher.observe([rows[seed.index][r - lo]], probs_o[r : r + 1], probs_c[r : r + 1])  # type: ignore[union-attr]
+                    seed.searcher.end_step()  # type: ignore[union-attr]
+                else:
+                    seed.searcher.observe(rows[seed.index], probs_o[lo:hi], probs_c[lo:hi])  # type: ignore[union-attr]
         self._share_time(self.clock() - step_start, owners)
         for idx, (lo, hi) in spans.items():
             if hi == lo and idx not in confirmed:  # nothing affordable was left
                 events.append(self._finish(by_index[idx], ExitReason.max_queries))
+
+    def _affordable(self, seed: _SeedRun) -> int:
+        if self.budget.max_queries is None:
+            return 1 << 30
+        return (self.budget.max_queries - seed.queries) // QUERIES_PER_IMAGE
+
+    def _charge(self, seed: _SeedRun, consumed: int, evaluated: int) -> None:
+        """Charge a seed for the candidates its algorithm consumed; the rest were speculative."""
+        seed.queries += QUERIES_PER_IMAGE * consumed
+        seed.speculative_queries += QUERIES_PER_IMAGE * (evaluated - consumed)
+        self.total_queries += QUERIES_PER_IMAGE * consumed
+        self.total_speculative_queries += QUERIES_PER_IMAGE * (evaluated - consumed)
 
     def _check_outputs(self, probs_o: np.ndarray, probs_c: np.ndarray) -> None:
         if probs_o.shape != probs_c.shape:
@@ -464,12 +512,13 @@ class Engine:
         if not suspects:
             return set()
         images = batch[[r for _, r in suspects]]
-        owners = [seed for seed, _ in suspects]
         reproduced = np.zeros(len(suspects), dtype=np.int64)
         with self._phase("verify"):
             for _ in range(self.verify_runs):
-                again_o, again_c = self.evaluate(images, owners, verify=True)
+                again_o, again_c = self.evaluate(images, verify=True)
                 reproduced += np.argmax(again_o, axis=1) != np.argmax(again_c, axis=1)
+        for seed, _ in suspects:
+            seed.verify_queries += QUERIES_PER_IMAGE * self.verify_runs
         confirmed: set[int] = set()
         for (seed, r), count in zip(suspects, reproduced):
             lo = spans[seed.index][0]
@@ -478,6 +527,8 @@ class Engine:
             found = (batch[r], trace, probs_o[r], probs_c[r], int(count))
             if count == self.verify_runs:
                 confirmed.add(seed.index)
+                if getattr(seed.searcher, "speculative", False):
+                    seed.searcher.end_step(also_consumed=1)  # type: ignore[union-attr]
                 events.append(self._finish(seed, ExitReason.triggered, found))
             else:
                 detail = {"queries": seed.queries, "reproduced": int(count), "verify_runs": self.verify_runs,
@@ -490,7 +541,8 @@ class Engine:
 
     # -- finishing a seed: the one place results are built ---------------------------------
     def _result(self, seed: _SeedRun, status: SeedStatus, reason: ExitReason, label: int) -> SeedResult:
-        extra: dict = {"verify_queries": seed.verify_queries, "steps": seed.steps}
+        extra: dict = {"verify_queries": seed.verify_queries, "speculative_queries": seed.speculative_queries,
+                       "steps": seed.steps}
         if seed.dataset_label is not None:
             extra["dataset_label"] = seed.dataset_label
         if seed.flaky:

@@ -22,6 +22,8 @@ class RandomSearcher:
         faithful: use the original's wrap-around noise semantics.
     """
 
+    speculative = False
+
     def __init__(self, seed: SeedContext, rng: np.random.Generator, faithful: bool = False) -> None:
         self.seed = seed
         self.rng = rng
@@ -30,17 +32,21 @@ class RandomSearcher:
         self.trace: tuple[MutationStep, ...] = ()
         self.uses = np.zeros(len(mutations.OPERATORS), dtype=np.int64)
 
-    def propose(self) -> list[Candidate]:
+    def propose(self, max_candidates: int = 1) -> list[Candidate]:  # every mutant is kept: no speculation
         op = int(self.rng.integers(len(mutations.OPERATORS)))
         self.uses[op] += 1
         step = mutations.draw(mutations.OPERATORS[op], self.rng, self.current.shape, faithful=self.faithful)
         return [Candidate(self.current, self.trace, step)]
 
-    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> None:
+    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
         (candidate,) = candidates
         assert candidate.image is not None
         self.current = candidate.image
         self.trace = candidate.full_trace
+        return 1
+
+    def end_step(self, also_consumed: int = 0) -> None:
+        pass
 
     def stats(self) -> dict:
         return {"operator_uses": {op: int(n) for op, n in zip(mutations.OPERATORS, self.uses)}}
