@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reruns", type=int, metavar="N",
                    help=f"re-runs confirming each triggering input (default {DEFAULT_RERUNS})")
     p.add_argument("--token-file", type=Path, metavar="F", help="agent token for grpc:// targets (else $DFLARE_TOKEN)")
+    p.add_argument("--connect-timeout-s", type=float, metavar="S",
+                   help="how long to wait for an agent to answer before giving up (exit code 3)")
     p.add_argument("--force-new", action="store_true",
                    help="if --out holds a campaign with other settings, archive it and start over")
     p.add_argument("--fail-on-deviation", action="store_true", default=None,

@@ -46,7 +46,8 @@ DEFAULT_RERUNS = 3
 #: Fields that do not change what a campaign computes, so resuming with other values is allowed:
 #: where files live (their contents are compared by digest), where output goes, credentials, and
 #: what the exit code does.
-NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation"})
+NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
+                                 "connect_timeout_s"})
 
 _PATH_FIELDS = ("original", "compressed", "seeds", "out", "token_file")
 
@@ -87,6 +88,7 @@ class CampaignConfig:
         limit: search only the first N seeds of the file or folder.
         reruns: re-runs that confirm a triggering input.
         token_file: a file holding the agent's token (else ``$DFLARE_TOKEN``).
+        connect_timeout_s: how long to wait for an agent to answer (``None``: the client's default).
         fail_on_deviation: exit with code 1 when a triggering input was found (for CI gates).
     """
 
@@ -110,6 +112,7 @@ class CampaignConfig:
     limit: int | None = None
     reruns: int = DEFAULT_RERUNS
     token_file: Path | None = None
+    connect_timeout_s: float | None = None
     fail_on_deviation: bool = field(default=False)
 
     def __post_init__(self) -> None:
@@ -241,7 +244,7 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError("expected an integer")
             return int(value)
-        if name in ("timeout_s", "scale"):
+        if name in ("timeout_s", "scale", "connect_timeout_s"):
             if isinstance(value, bool):
                 raise TypeError("expected a number")
             return float(value)
@@ -273,8 +276,9 @@ def _validate(cfg: CampaignConfig) -> None:
         raise bad("algo", f"unknown algorithm; choose one of {', '.join(algos)}")
     if cfg.max_queries is not None and cfg.max_queries <= 0:
         raise bad("max_queries", "must be a positive number of queries")
-    if cfg.timeout_s is not None and cfg.timeout_s <= 0:
-        raise bad("timeout_s", "must be a positive number of seconds")
+    for name in ("timeout_s", "connect_timeout_s"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise bad(name, "must be a positive number of seconds")
     if cfg.max_queries is None and cfg.timeout_s is None:
         raise bad("max_queries", "a campaign needs a budget: set max_queries, timeout_s, or both")
     if cfg.threads is not None and cfg.threads <= 0:

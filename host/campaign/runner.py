@@ -142,7 +142,12 @@ def open_target(uri: str, config: CampaignConfig) -> Target:
     """
     from host.targets import open_target as open_uri
 
-    options = {"token_file": config.token_file} if config.token_file is not None else {}
+    options: dict[str, Any] = {}
+    if uri != "local:":
+        if config.token_file is not None:
+            options["token_file"] = config.token_file
+        if config.connect_timeout_s is not None:
+            options["connect_timeout_s"] = config.connect_timeout_s
     return open_uri(uri, **options)
 
 

@@ -49,3 +49,45 @@ def test_json_output_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
     text = capsys.readouterr().out
     assert code == 1
     assert "resumed: 4 seed(s)" in text and f"report: {out / 'report.html'}" in text
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_errors_a_person_can_act_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from host.cli import main as dflare
+
+    def run(*changes: str) -> tuple[int, str]:
+        flags = base_flags(tmp_path / "out")
+        for i in range(0, len(changes), 2):
+            if changes[i] in flags:
+                flags[flags.index(changes[i]) + 1] = changes[i + 1]
+            else:
+                flags += [changes[i], changes[i + 1]]
+        code = dflare(["run", *flags])
+        return code, capsys.readouterr().err
+
+    not_tflite = tmp_path / "bad.tflite"
+    not_tflite.write_bytes(b"\x00" * 32)
+    bad_seeds = tmp_path / "bad.npz"
+    import numpy as np
+
+    np.savez(bad_seeds, x=np.zeros((2, 28, 28, 1), np.float32))
+    cases = [
+        (("--original", str(tmp_path / "missing.tflite")), 2, "model file not found"),
+        (("--compressed", str(not_tflite)), 2, "is not a TFLite model"),
+        (("--compressed", str(model("digits32rgb", "int8"))), 2, "input shape mismatch"),
+        (("--seeds", str(bad_seeds)), 2, "x has dtype float32, expected uint8"),
+        (("--max-queries", "-3"), 2, "campaign setting max_queries"),
+    ]
+    for change, code, message in cases:
+        got, err = run(*change)
+        assert (got, message in err) == (code, True), (change, err)
+    uri = f"grpc://127.0.0.1:{_free_port()}"
+    code, err = run("--target", uri, "--connect-timeout-s", "1")
+    assert code == 3 and uri in err and "no agent answered" in err
