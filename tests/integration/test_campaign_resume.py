@@ -140,3 +140,26 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, target_args: list[str]
             assert failure.get("message") == (
                 f"original label {record.label_original} != compressed label {record.label_compressed}")
     assert sorted(p.name for p in (out / "inputs").glob("*.png")) == sorted(f"{r.stem}.png" for r in inputs)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_cleanly_with_reports(tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(dflare_run(out, ["--target", "local:"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
+    try:
+        for line in proc.stderr:
+            match = _SEED_LINE.match(line)
+            if match and match.group(2) != SeedStatus.skipped.value:
+                proc.send_signal(sig)
+                break
+        rest = proc.stderr.read()
+    finally:
+        proc.wait(timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 130, rest
+    assert "finished seeds are saved, rerun the same command to resume" in rest
+    stored = outcomes(out)
+    summary = json.loads((out / "summary.json").read_text())  # written on the way out
+    assert summary["seeds_finished"] == len(stored) and summary["complete"] is (len(stored) == N_SEEDS)
+    with CampaignStore.open_existing(out) as store:
+        assert [r["status"] for r in store.runs()] == ["interrupted"]
