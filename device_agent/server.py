@@ -202,6 +202,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.sessions = sessions
         self._static_info = device_info.static_info()
         self._runtime = runtime.load_runtime()
+        # Probing for delegate libraries runs ldconfig/gcc (tens of ms): do it once, not per call.
+        self._delegates = runtime.available_delegates(config.allowed_delegates)
 
     def GetDeviceInfo(self, request, context):  # noqa: N802 - gRPC method name
         with _status_from_errors(context):
@@ -213,7 +215,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 agent_version=__version__,
                 runtime=self._runtime.name,
                 runtime_version=self._runtime.version,
-                delegates=runtime.available_delegates(self.config.allowed_delegates),
+                delegates=self._delegates,
                 machine=info["machine"],
                 abis=info["abis"],
                 system=info["system"],
