@@ -8,8 +8,9 @@ One run, the same models and seeds for every algorithm (the first N seeds both m
 
 Per algorithm: success rate, queries per triggering input (mean and median over triggered seeds),
 seconds per triggering input (wall clock of the whole run / triggered seeds). Then the batched
-engine's speed-up: DFlare with every seed in lockstep vs the same engine one seed at a time
-(``max_live_seeds=1``), in seconds per triggering input.
+engine's speed-up: DFlare with every seed in lockstep (and speculation) vs the same engine one seed
+and one candidate at a time (``max_live_seeds=1, max_speculation=1``: the original's loop), in
+seconds per triggering input. Both find the same inputs with the same query counts.
 
 ``--json`` prints one JSON list of rows (``algo``, ``success_rate``, ``queries_per_trigger``,
 ``median_queries``, ``seconds_per_trigger``, plus counts); otherwise a Markdown table for
@@ -52,8 +53,9 @@ def agreeing_seeds(original, compressed, name: str, n: int) -> tuple[np.ndarray,
 
 
 def measure(original, compressed, seeds, indices, algo: str, max_queries: int, rng_seed: int,
-            max_live_seeds: int | None = None, label: str | None = None) -> dict:
-    kwargs = {} if max_live_seeds is None else {"max_live_seeds": max_live_seeds}
+            sequential: bool = False, label: str | None = None) -> dict:
+    # one seed at a time, one candidate at a time: the original's loop, in the same engine
+    kwargs = {"max_live_seeds": 1, "max_speculation": 1} if sequential else {}
     engine = Engine(original, compressed, searcher_factory(algo), algo=algo, budget=max_queries,
                     rng_seed=rng_seed, **kwargs)
     start = time.perf_counter()
@@ -72,6 +74,7 @@ def measure(original, compressed, seeds, indices, algo: str, max_queries: int, r
         "triggered": len(triggered),
         "flaky": sum(r.status is SeedStatus.flaky for r in results),
         "total_queries": engine.total_queries,
+        "speculative_queries": engine.total_speculative_queries,
         "wall_s": wall_s,
         "batch_calls": engine.batch_calls,
     }
@@ -97,17 +100,19 @@ def fmt(value, spec: str) -> str:
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"Models: `{args.model}-float32` (original) vs `{args.model}-{args.compressed}`, delegate `{args.delegate}`; "
+        f"Models: `{args.model}-float32` (original) vs `{args.model}-{args.compressed}`, delegate `{args.delegate}`, "
+        f"threads {args.threads or 'default'}; "
         f"{rows[0]['seeds']} agreeing seeds; budget {args.max_queries} queries per seed; rng seed {args.seed}.",
         f"Machine: {machine()}.",
         "",
-        "| algorithm | success rate | queries / trigger (mean) | median | seconds / trigger | total queries |",
-        "|---|---|---|---|---|---|",
+        "| algorithm | success rate | queries / trigger (mean) | median | seconds / trigger | total queries "
+        "| speculative queries |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['algo']} | {100 * r['success_rate']:.0f}% ({r['triggered']}/{r['seeds']}) | "
                      f"{fmt(r['queries_per_trigger'], '.0f')} | {fmt(r['median_queries'], '.0f')} | "
-                     f"{fmt(r['seconds_per_trigger'], '.4f')} | {r['total_queries']} |")
+                     f"{fmt(r['seconds_per_trigger'], '.4f')} | {r['total_queries']} | {r['speculative_queries']} |")
     return "\n".join(lines)
 
 
@@ -119,15 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=5000, help="query budget per seed (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of every search")
     parser.add_argument("--delegate", default="cpu", help="delegate of both models (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads per model (default: runtime's)")
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS, help="algorithms to compare")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = parser.parse_args(argv)
 
     target = LocalTarget()
     original = target.load(ModelSpec.from_path(FIXTURES / "models" / f"{args.model}-float32.tflite",
-                                               delegate=args.delegate))
+                                               delegate=args.delegate, threads=args.threads))
     compressed = target.load(ModelSpec.from_path(FIXTURES / "models" / f"{args.model}-{args.compressed}.tflite",
-                                                 delegate=args.delegate))
+                                                 delegate=args.delegate, threads=args.threads))
     seeds, indices = agreeing_seeds(original, compressed, args.model, args.seeds)
 
     rows = []
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(original, compressed, seeds, indices, algo, args.max_queries, args.seed))
         print(f"  {algo}: done in {rows[-1]['wall_s']:.1f} s", file=sys.stderr)
     sequential = measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed,
-                         max_live_seeds=1, label="dflare (one seed at a time)")
+                         sequential=True, label="dflare (one seed at a time)")
     rows.append(sequential)
     by_algo = {r["algo"]: r for r in rows}
     batched = by_algo.get("dflare")

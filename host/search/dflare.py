@@ -246,6 +246,11 @@ class DFlareSearcher:
                 return j + 1
         return len(candidates)
 
+    @property
+    def proposal_open(self) -> bool:
+        """Whether pending candidates are still valid (no kept candidate has cut them off)."""
+        return bool(self._snapshots)
+
     def end_step(self, also_consumed: int = 0) -> None:
         """Forget unconsumed proposals: restore the generator and counters to just after the last consumed.
 

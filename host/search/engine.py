@@ -436,7 +436,7 @@ class Engine:
                 end = len(cands) if d is None else d
                 used = seed.searcher.observe(cands[:end], probs_o[lo : lo + end], probs_c[lo : lo + end])  # type: ignore[union-attr]
                 consumed[idx] = used
-                if d is not None and used == d:
+                if d is not None and used == d and seed.searcher.proposal_open:  # type: ignore[union-attr]
                     consumed[idx] = d + 1
                     suspects.append((seed, lo + d))
                 else:

@@ -64,6 +64,7 @@ class Searcher(Protocol):
     """One seed's search state; see the module docstring for the protocol."""
 
     speculative: bool  # proposes several candidates as if each were rejected (observe may stop early)
+    proposal_open: bool  # speculative only: the pending candidates are still valid (none kept yet)
 
     def propose(self, max_candidates: int = 1) -> list[Candidate]:
         """The next candidates to query (at least one; at most ``max_candidates`` where that is a choice)."""

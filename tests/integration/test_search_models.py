@@ -63,26 +63,34 @@ def test_dflare_triggers_on_ninety_percent_of_agreeing_seeds(compressed):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("algo", ["dflare", "diffchaser"])
-def test_lockstep_results_and_query_counts_equal_one_seed_alone(algo):
+@pytest.mark.parametrize(("algo", "name", "n_seeds", "budget"), [
+    ("dflare", "digits28", 16, 1200),
+    ("dflare-faithful", "digits28", 12, 600),
+    ("diffchaser", "digits32rgb", 6, 400),
+])
+def test_lockstep_results_and_query_counts_equal_one_seed_alone(algo, name, n_seeds, budget):
     # XNNPACK (TFLite's usual CPU path) computes each image independently of the batch around it;
     # the builtin kernels ("cpu") round float rows differently by their position in the batch
     # (1 ulp), which can legitimately change a search's path.
-    original, other = _sessions("digits32rgb", "int8", delegate="xnnpack")
-    seeds, _ = _agreeing(original, other, "digits32rgb", 6)
+    original, other = _sessions(name, "int8", delegate="xnnpack")
+    seeds, _ = _agreeing(original, other, name, n_seeds)
     options = {"population_size": 10} if algo == "diffchaser" else {}
-    batched = {r.seed_index: r for r in run(original, other, seeds, algo, 400, 5, **options)}
+    batched = {r.seed_index: r for r in run(original, other, seeds, algo, budget, 5, **options)}
+    # the original's loop: one seed, one candidate at a time
+    sequential = {r.seed_index: r for r in run(original, other, seeds, algo, budget, 5, max_live_seeds=1,
+                                               max_speculation=1, **options)}
     statuses = set()
     for i in range(len(seeds)):
-        (alone,) = run(original, other, seeds[i : i + 1], algo, 400, 5, indices=[i], **options)
-        together = batched[i]
-        statuses.add(alone.status)
-        assert (together.status, together.queries, together.exit_reason) == (alone.status, alone.queries,
-                                                                             alone.exit_reason)
-        assert together.trace == alone.trace
-        if alone.image is not None:
-            assert together.image.tobytes() == alone.image.tobytes()
-            np.testing.assert_array_equal(together.probs_compressed, alone.probs_compressed)
+        (alone,) = run(original, other, seeds[i : i + 1], algo, budget, 5, indices=[i], **options)
+        reference = sequential[i]
+        statuses.add(reference.status)
+        for other_run in (batched[i], alone):
+            assert (other_run.status, other_run.queries, other_run.exit_reason) == (
+                reference.status, reference.queries, reference.exit_reason), f"seed {i}"
+            assert other_run.trace == reference.trace
+            if reference.image is not None:
+                assert other_run.image.tobytes() == reference.image.tobytes()
+                np.testing.assert_array_equal(other_run.probs_compressed, reference.probs_compressed)
     assert SeedStatus.triggered in statuses
 
 

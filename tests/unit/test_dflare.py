@@ -196,3 +196,55 @@ def test_faithful_searcher_starts_from_zero_difference_and_accepts_decreases():
     assert searcher.accepted == 2
     corrected = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False))
     assert corrected.best.diff == pytest.approx(0.1)
+
+
+def _oracle(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two deterministic 'models' whose outputs move with the image (so some mutants are kept)."""
+    flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    w = np.random.default_rng(42).normal(0, 1, (flat.shape[1], 2))
+    logits_o = flat @ w
+    logits_c = logits_o + 0.3 * np.sin(7 * flat.sum(axis=1, keepdims=True)) * np.array([1.0, 0.0])
+    soft = lambda z: np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # noqa: E731
+    return soft(logits_o).astype(np.float32), soft(logits_c).astype(np.float32)
+
+
+@pytest.mark.parametrize("config", [DFlareConfig(), DFlareConfig(faithful=True), DFlareConfig(use_mh=False)])
+def test_speculative_proposals_replay_the_one_at_a_time_algorithm_exactly(config):
+    seed_image = np.random.default_rng(0).integers(0, 256, (6, 6, 1), dtype=np.uint8)
+    po, pc = _oracle(seed_image[None])
+    context = SeedContext(0, seed_image, int(np.argmax(po[0])), po[0], pc[0])
+
+    def run(width: int, budget: int = 120) -> tuple[list, DFlareSearcher]:
+        searcher = DFlareSearcher(context, np.random.default_rng(7), config)
+        history: list = []
+        while len(history) < budget:
+            candidates = searcher.propose(width)
+            images = mutations.apply(np.stack([c.base for c in candidates]), [c.step for c in candidates])
+            for c, image in zip(candidates, images):
+                c.image = image
+            p_o, p_c = _oracle(images)
+            used = searcher.observe(candidates, p_o, p_c)
+            searcher.end_step()
+            history.extend((c.step, c.image.tobytes()) for c in candidates[:used])
+        return history[:budget], searcher
+
+    reference, one = run(1)
+    for width in (2, 5, 16):
+        history, wide = run(width)
+        assert history == reference
+        assert wide.accepted == one.accepted > 3
+    assert not one.proposal_open
+
+
+def test_a_kept_candidate_cuts_off_the_pending_ones():
+    seed = _seed()
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    candidates = searcher.propose(4)
+    assert searcher.proposal_open and len(candidates) == 4
+    for c in candidates:
+        c.image = mutations.apply(c.base[None], [c.step])[0]
+    probs_o = np.array([[0.9, 0.1]] * 4, np.float32)
+    probs_c = np.array([[0.9, 0.1], [0.7, 0.3], [0.9, 0.1], [0.9, 0.1]], np.float32)
+    assert searcher.observe(candidates, probs_o, probs_c) == 2  # the second is kept, 3 and 4 are void
+    assert not searcher.proposal_open and searcher.trace == candidates[1].full_trace
+    assert searcher.selector.uses.sum() == 2
