@@ -150,6 +150,20 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _child_env() -> dict[str, str]:
+    """The agent's environment, with the directory (or zipapp) holding ``device_agent`` on PYTHONPATH.
+
+    The agent may run from a checkout, a wheel or the ``dflare-agent.pyz`` zipapp that
+    ``dflare deploy`` pushes; the child must import the same ``device_agent`` in every case.
+    """
+    import device_agent
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(device_agent.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class _WorkerFuture(Future):
     """A future whose ``result()`` reads the worker's replies itself (no reader thread to wake)."""
 
@@ -200,6 +214,7 @@ class Worker:
                 pass_fds=[child_sock.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                env=_child_env(),
             )
         finally:
             child_sock.close()

@@ -9,7 +9,7 @@ For each fixture model and batch size (1, 16, 64, 256) it measures, in one proce
 The agent runs as a subprocess (``dflare-agent serve --port 0``) on this machine, so the agent
 paths pay gRPC, the copy into the worker's shared memory and the worker hop; the interpreter work
 is identical (same delegate, threads, preprocessing). The three paths are measured in interleaved
-rounds so a machine whose load drifts affects them alike.
+rounds so a machine whose load drifts affects them alike; each figure is the median round.
 
     python scripts/bench_agent.py                 # table
     python scripts/bench_agent.py --json          # one JSON list of {model, batch, path, images_per_s}
@@ -42,8 +42,9 @@ MODELS_DIR = ROOT / "tests" / "fixtures" / "models"
 SEEDS_DIR = ROOT / "tests" / "fixtures" / "seeds"
 BATCH_SIZES = (1, 16, 64, 256)
 PATHS = ("raw", "infer", "stream")
-#: Interleaved rounds per (model, batch): three rounds let load drift hit every path alike.
-ROUNDS = 3
+#: Interleaved rounds per (model, batch); each path's figure is its median round, so a burst of
+#: load from other processes during one round does not decide the result.
+ROUNDS = 5
 #: Batches per infer_many call in the stream path: long enough that stream start-up is noise.
 STREAM_BATCHES = 16
 #: Images per measured call loop at least, so batch 1 is timed over many calls.
@@ -111,15 +112,14 @@ def bench_model(model: Path, target: RemoteTarget, delegate: str, threads: int, 
             runs = _runs(local, remote, images)
             for run in runs.values():
                 run()  # warm up: first resize/allocate, first RPC
-            totals = {path: [0, 0.0] for path in PATHS}
+            rates: dict[str, list[float]] = {path: [] for path in PATHS}
             for _ in range(ROUNDS):
                 for path in PATHS:
                     n, elapsed = timed(runs[path], seconds / ROUNDS)
-                    totals[path][0] += n
-                    totals[path][1] += elapsed
+                    rates[path].append(n / elapsed)
             for path in PATHS:
-                n, elapsed = totals[path]
-                rows.append({"model": model.stem, "batch": batch, "path": path, "images_per_s": round(n / elapsed, 1)})
+                rows.append({"model": model.stem, "batch": batch, "path": path,
+                             "images_per_s": round(float(np.median(rates[path])), 1)})
     finally:
         remote.close()
     return rows
