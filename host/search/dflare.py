@@ -80,10 +80,10 @@ class MHSelector:
     def scores(self) -> np.ndarray:
         return self.successes / (self.uses + _SCORE_EPSILON)
 
-    def ranking(self) -> np.ndarray:
-        """Operator ids from best to worst score, ties in random order."""
-        perm = self.rng.permutation(self.n_ops)
-        return perm[np.argsort(-self.scores[perm], kind="stable")]
+    def ranking(self) -> list[int]:
+        """Operator ids from best to worst score, ties in random order (shuffle, then stable sort)."""
+        scores = self.scores.tolist()
+        return sorted(self.rng.permutation(self.n_ops).tolist(), key=lambda op: -scores[op])
 
     def choose(self, last_op: int | None) -> int:
         """Pick the next operator given the one that produced the current image (None at the start)."""
@@ -91,8 +91,8 @@ class MHSelector:
             op = int(self.rng.integers(self.n_ops))
         else:
             order = self.ranking()
-            k1 = -1 if self.faithful else int(np.flatnonzero(order == last_op)[0])
-            op = int(order[self.propose_rank(k1)])
+            k1 = -1 if self.faithful else order.index(last_op)
+            op = order[self.propose_rank(k1)]
         self.uses[op] += 1
         return op
 

@@ -10,8 +10,8 @@ Every mutation is split in two:
   mutants, with no randomness left. Images that share an operator are processed together.
 
 So ``replay(seed, trace)`` (apply each step of a trace in order) reproduces a mutant byte for
-byte, on any machine: noise is generated from the PCG64 *bit stream* (which numpy keeps stable
-across releases) through a fixed Box-Muller transform, not from ``Generator.normal``.
+byte, on any machine: noise comes from SplitMix64 words of the step's seed through a fixed
+Box-Muller transform (integer and float64 arithmetic only), not from ``Generator.normal``.
 
 Operators (names are stable: they are stored in traces):
 
@@ -135,11 +135,11 @@ def draw(op: str, rng: np.random.Generator, image_shape: Sequence[int], faithful
         values = rng.integers(0, 256, count)
         return MutationStep(op, {"indices": indices.tolist(), "values": values.tolist()})
     if op == "box_blur":
-        return MutationStep(op, {"kernel": int(rng.choice(BOX_KERNELS))})
+        return MutationStep(op, {"kernel": BOX_KERNELS[int(rng.integers(len(BOX_KERNELS)))]})
     if op == "gaussian_blur":
-        return MutationStep(op, {"kernel": int(rng.choice(GAUSSIAN_KERNELS))})
+        return MutationStep(op, {"kernel": GAUSSIAN_KERNELS[int(rng.integers(len(GAUSSIAN_KERNELS)))]})
     if op == "median_blur":
-        return MutationStep(op, {"kernel": int(rng.choice(MEDIAN_KERNELS))})
+        return MutationStep(op, {"kernel": MEDIAN_KERNELS[int(rng.integers(len(MEDIAN_KERNELS)))]})
     raise MutationError(f"unknown mutation operator {op!r}; expected one of {', '.join(OPERATORS)}")
 
 
@@ -194,14 +194,32 @@ def replay(seed_image: np.ndarray, trace: Sequence[MutationStep]) -> np.ndarray:
 
 
 # -- pointwise operators ----------------------------------------------------------------------
-def _standard_normal(seed: int, n: int) -> np.ndarray:
-    """``n`` N(0, 1) draws from PCG64's raw bit stream via Box-Muller (stable across numpy versions)."""
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(seeds: np.ndarray, n: int) -> np.ndarray:
+    """(len(seeds), n) uint64 words: SplitMix64's stream from each seed, computed for all at once."""
+    counters = np.arange(1, n + 1, dtype=np.uint64)
+    z = seeds.astype(np.uint64)[:, None] + counters[None, :] * _GOLDEN_GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    return z ^ (z >> np.uint64(31))
+
+
+def _standard_normals(seeds: Sequence[int], n: int) -> np.ndarray:
+    """(len(seeds), n) N(0, 1) draws: SplitMix64 words -> uniforms in (0, 1) -> Box-Muller.
+
+    Pure integer and float64 arithmetic, vectorized over every seed of a batch, and the same on
+    any numpy version (unlike ``Generator.normal``), so a trace replays identically anywhere.
+    """
     pairs = (n + 1) // 2
-    raw = np.random.PCG64(seed).random_raw(2 * pairs)
-    u = ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)  # (0, 1), never 0
-    radius = np.sqrt(-2.0 * np.log(u[:pairs]))
-    angle = (2.0 * np.pi) * u[pairs:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+    words = _splitmix64(np.asarray(seeds, dtype=np.uint64), 2 * pairs)
+    u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)  # (0, 1), never 0
+    radius = np.sqrt(-2.0 * np.log(u[:, :pairs]))
+    angle = (2.0 * np.pi) * u[:, pairs:]
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :n]
 
 
 def _to_uint8(values: np.ndarray, wrap: np.ndarray) -> np.ndarray:
@@ -216,7 +234,7 @@ def _to_uint8(values: np.ndarray, wrap: np.ndarray) -> np.ndarray:
 
 def _noise(images: np.ndarray, params: list[dict], mean_key: str | None) -> np.ndarray:
     n = math.prod(images.shape[1:])
-    noise = np.stack([_standard_normal(int(p["seed"]), n) for p in params]).reshape(images.shape)
+    noise = _standard_normals([int(p["seed"]) for p in params], n).reshape(images.shape)
     shape = (-1,) + (1,) * (images.ndim - 1)
     noise *= np.asarray([float(p["sigma"]) for p in params]).reshape(shape)
     if mean_key is not None:
@@ -235,16 +253,32 @@ def _speckle_noise(images: np.ndarray, params: list[dict]) -> np.ndarray:
     return _to_uint8(values, np.asarray([bool(p.get("wrap", False)) for p in params]))
 
 
-def _set_values(images: np.ndarray, assignments: list[list[tuple[Sequence[int], Any]]]) -> np.ndarray:
+def _set_values(images: np.ndarray, passes: list[list[tuple[Sequence[int], Any]]]) -> np.ndarray:
+    """Assign values at flat positions, row by row, in passes (a later pass, or a later position in
+    a pass, overrides an earlier one at the same position, as a sequential loop would)."""
     out = images.copy()
     flat = out.reshape(len(out), -1)
     size = flat.shape[1]
-    for row, pairs in enumerate(assignments):
-        for indices, values in pairs:
+    for pass_no in range(max((len(p) for p in passes), default=0)):
+        rows, positions, values = [], [], []
+        for row, assignments in enumerate(passes):
+            if pass_no >= len(assignments):
+                continue
+            indices, value = assignments[pass_no]
             idx = np.asarray(indices, dtype=np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= size):
-                raise MutationError(f"pixel index out of range for an image of {size} values")
-            flat[row, idx] = values
+            rows.append(np.full(idx.size, row, dtype=np.int64))
+            positions.append(idx)
+            values.append(np.broadcast_to(np.asarray(value, dtype=np.uint8), idx.shape))
+        if not rows:
+            continue
+        row_ix, pos, val = np.concatenate(rows), np.concatenate(positions), np.concatenate(values)
+        if pos.size and (pos.min() < 0 or pos.max() >= size):
+            raise MutationError(f"pixel index out of range for an image of {size} values")
+        # keep the last assignment to each (row, position): fancy assignment does not promise an order
+        keys = row_ix * size + pos
+        _, last = np.unique(keys[::-1], return_index=True)
+        keep = keys.size - 1 - last
+        flat[row_ix[keep], pos[keep]] = val[keep]
     return out
 
 

@@ -121,9 +121,15 @@ def test_speckle_noise_faithful_wraps_overflow():
 
 
 def test_standard_normal_stream_has_unit_statistics():
-    z = mutations._standard_normal(12345, 200_001)
-    assert z.shape == (200_001,)
-    assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01
+    z = mutations._standard_normals([12345, 2**63 - 1], 200_001)
+    assert z.shape == (2, 200_001)
+    for row in z:
+        assert abs(row.mean()) < 0.01 and abs(row.std() - 1.0) < 0.01
+        assert abs(np.mean(np.abs(row) < 1.0) - 0.6827) < 0.005
+    assert abs(np.corrcoef(z[0], z[1])[0, 1]) < 0.01  # streams of different seeds are unrelated
+    # fixed arithmetic: the first words of SplitMix64 from seed 0 are the reference values
+    words = mutations._splitmix64(np.array([0], np.uint64), 2)[0]
+    assert [int(w) for w in words] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
 
 
 @pytest.mark.parametrize("op", ["box_blur", "gaussian_blur", "median_blur"])
@@ -213,3 +219,12 @@ def test_border_padding_matches_numpy_pad(mode):
         for before, after in [(1, 1), (2, 1), (3, 3), (0, 1)]:
             expected = np.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=mode)
             np.testing.assert_array_equal(mutations._pad(x, before, after, mode), expected)
+
+
+def test_repeated_positions_keep_the_last_value_as_a_sequential_loop_would():
+    image = np.zeros((2, 2, 2, 1), np.uint8)
+    change = MutationStep("pixel_change", {"indices": [1, 3, 1], "values": [10, 20, 30]})
+    salt_then_pepper = MutationStep("salt_pepper", {"salt": [0, 2], "pepper": [2]})
+    out = apply(image, [change, salt_then_pepper])
+    assert out[0].ravel().tolist() == [0, 30, 0, 20]
+    assert out[1].ravel().tolist() == [255, 0, 0, 0]
