@@ -169,6 +169,7 @@ class _SeedRun:
     queries: int = 0
     verify_queries: int = 0
     speculative_queries: int = 0
+    width: int = 1  # candidates to propose per step when speculating (see Engine._speculation)
     seconds: float = 0.0
     steps: int = 0
     context: SeedContext | None = None
@@ -235,13 +236,13 @@ class Engine:
         self.seeds_unstarted: int = 0  # seeds never started because the campaign budget ran out
         self.exit_reason: ExitReason | None = None
         self.started_at: float | None = None
-        self.statistics: dict[str, float] = {}
+        self.statistics: dict[str, float | str] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     # -- the one exit path ------------------------------------------------------------------
     def exit_with(self, reason: ExitReason) -> None:
         """Stop the campaign for ``reason`` (recorded in ``statistics`` and ``exit_reason``)."""
-        self.statistics["stopped-because"] = reason.describe()  # type: ignore[assignment]
+        self.statistics["stopped-because"] = reason.describe()
         self.exit_reason = reason
         raise RunIsComplete
 
@@ -252,7 +253,7 @@ class Engine:
             yield
         finally:
             key = f"{name}_s"
-            self.statistics[key] = self.statistics.get(key, 0.0) + time.perf_counter() - start
+            self.statistics[key] = float(self.statistics.get(key, 0.0)) + time.perf_counter() - start
 
     # -- querying ---------------------------------------------------------------------------
     def evaluate(self, images: np.ndarray, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +346,7 @@ class Engine:
                 yield from events
             if self.exit_reason is None:
                 self.exit_reason = ExitReason.finished
-                self.statistics["stopped-because"] = ExitReason.finished.describe()  # type: ignore[assignment]
+                self.statistics["stopped-because"] = ExitReason.finished.describe()
         finally:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -370,27 +371,22 @@ class Engine:
         return seeds
 
     # -- one lockstep step ------------------------------------------------------------------
-    def _speculation(self, n_live: int) -> int:
-        """Candidates a speculative searcher may propose this step: fill the batch when few seeds are left."""
-        return max(1, min(self.max_speculation, SPECULATION_BATCH // max(1, n_live)))
+    def _speculation(self, seed: _SeedRun, n_live: int) -> int:
+        """Candidates a speculative searcher proposes this step.
+
+        The seed's own width grows while its candidates are rejected (doubling) and drops to the
+        gap it took to keep one, so a seed that keeps most mutants wastes little; the cap fills a
+        batch of ~SPECULATION_BATCH when few seeds are left. Results do not depend on it.
+        """
+        cap = max(1, min(self.max_speculation, SPECULATION_BATCH // max(1, n_live)))
+        return min(seed.width, cap)
 
     def _step(self, live: list[_SeedRun], events: list[Event]) -> None:
+        """One lockstep step: propose, mutate, one batch per model, verify, feed back."""
         step_start = self.clock()
-        rows: dict[int, list[Candidate]] = {}
-        initial: list[_SeedRun] = []
-        width = self._speculation(len(live))
+        initial = [seed for seed in live if seed.searcher is None]
         with self._phase("propose"):
-            for seed in list(live):
-                if seed.searcher is None:
-                    initial.append(seed)
-                    continue
-                reason = self._seed_budget_spent(seed)
-                if reason is not None:
-                    events.append(self._finish(seed, reason))
-                    continue
-                affordable = self._affordable(seed)
-                candidates = seed.searcher.propose(min(width, affordable))
-                rows[seed.index] = candidates[:affordable]
+            rows = self._propose(live, events)
         by_index = {s.index: s for s in live}
         owners: list[_SeedRun] = list(initial)
         batch_rows: list[np.ndarray] = [seed.image for seed in initial]
@@ -407,57 +403,87 @@ class Engine:
         batch = np.stack(batch_rows)
         self.steps += 1
         probs_o, probs_c = self.evaluate(batch)
-        deviates = np.argmax(probs_o, axis=1) != np.argmax(probs_c, axis=1)
         for row, seed in enumerate(initial):
             self._charge(seed, 1, 1)
             self._start(seed, probs_o[row], probs_c[row], events)
-        row = len(initial)
         spans: dict[int, tuple[int, int]] = {}
+        row = len(initial)
         for idx, cands in rows.items():
             spans[idx] = (row, row + len(cands))
             row += len(cands)
-        # Feed back up to each seed's first deviation; a deviation the algorithm reaches is verified
-        # (batched across seeds) before it is reported or, if flaky, observed like any candidate.
-        suspects: list[tuple[_SeedRun, int]] = []
-        consumed: dict[int, int] = {}
+        deviates = np.argmax(probs_o, axis=1) != np.argmax(probs_c, axis=1)
         with self._phase("observe"):
-            for idx, (lo, hi) in spans.items():
-                seed, cands = by_index[idx], rows[idx]
-                seed.steps += 1
-                hits = np.flatnonzero(deviates[lo:hi])
-                d = int(hits[0]) if hits.size else None
-                if not getattr(seed.searcher, "speculative", False):
-                    consumed[idx] = len(cands)  # a batch algorithm (a GA generation) queries all of it
-                    if d is None:
-                        seed.searcher.observe(cands, probs_o[lo:hi], probs_c[lo:hi])  # type: ignore[union-attr]
-                    else:
-                        suspects.append((seed, lo + d))
-                    continue
-                end = len(cands) if d is None else d
-                used = seed.searcher.observe(cands[:end], probs_o[lo : lo + end], probs_c[lo : lo + end])  # type: ignore[union-attr]
-                consumed[idx] = used
-                if d is not None and used == d and seed.searcher.proposal_open:  # type: ignore[union-attr]
-                    consumed[idx] = d + 1
-                    suspects.append((seed, lo + d))
-                else:
-                    seed.searcher.end_step()  # type: ignore[union-attr]
-        for idx, (lo, hi) in spans.items():
-            self._charge(by_index[idx], consumed[idx], hi - lo)
+            suspects = self._feed_back(by_index, rows, spans, probs_o, probs_c, deviates)
         confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
         with self._phase("observe"):
             for seed, r in suspects:
-                if seed.index in confirmed:
-                    continue
-                lo, hi = spans[seed.index]
-                if getattr(seed.searcher, "speculative", False):
-                    seed.searcher.observe([rows[seed.index][r - lo]], probs_o[r : r + 1], probs_c[r : r + 1])  # type: ignore[union-attr]
-                    seed.searcher.end_step()  # type: ignore[union-attr]
-                else:
-                    seed.searcher.observe(rows[seed.index], probs_o[lo:hi], probs_c[lo:hi])  # type: ignore[union-attr]
+                if seed.index not in confirmed:
+                    self._observe_flaky(seed, rows[seed.index], spans[seed.index], r, probs_o, probs_c)
         self._share_time(self.clock() - step_start, owners)
         for idx, (lo, hi) in spans.items():
             if hi == lo and idx not in confirmed:  # nothing affordable was left
                 events.append(self._finish(by_index[idx], ExitReason.max_queries))
+
+    def _propose(self, live: list[_SeedRun], events: list[Event]) -> dict[int, list[Candidate]]:
+        """Each searching seed's candidates for this step (seeds out of budget are finished)."""
+        rows: dict[int, list[Candidate]] = {}
+        for seed in live:
+            if seed.searcher is None:
+                continue
+            reason = self._seed_budget_spent(seed)
+            if reason is not None:
+                events.append(self._finish(seed, reason))
+                continue
+            affordable = self._affordable(seed)
+            width = self._speculation(seed, len(live)) if seed.searcher.speculative else 1
+            rows[seed.index] = seed.searcher.propose(min(width, affordable))[:affordable]
+        return rows
+
+    def _feed_back(self, by_index: dict[int, _SeedRun], rows: dict[int, list[Candidate]],
+                   spans: dict[int, tuple[int, int]], probs_o: np.ndarray, probs_c: np.ndarray,
+                   deviates: np.ndarray) -> list[tuple[_SeedRun, int]]:
+        """Feed each seed its rows up to its first deviation, charge it, and return the deviations
+        its algorithm reached (to verify). A batch algorithm (a GA generation) consumes all its rows;
+        a speculative one stops at its first kept candidate, which voids the rest."""
+        suspects: list[tuple[_SeedRun, int]] = []
+        for idx, (lo, hi) in spans.items():
+            seed, cands = by_index[idx], rows[idx]
+            searcher = seed.searcher
+            assert searcher is not None
+            seed.steps += 1
+            hits = np.flatnonzero(deviates[lo:hi])
+            d = int(hits[0]) if hits.size else None
+            if not searcher.speculative:
+                consumed = len(cands)
+                if d is None:
+                    searcher.observe(cands, probs_o[lo:hi], probs_c[lo:hi])
+                else:
+                    suspects.append((seed, lo + d))
+            else:
+                end = len(cands) if d is None else d
+                consumed = searcher.observe(cands[:end], probs_o[lo : lo + end], probs_c[lo : lo + end])
+                if d is not None and consumed == d and searcher.proposal_open:
+                    consumed = d + 1
+                    suspects.append((seed, lo + d))
+                else:
+                    kept = not searcher.proposal_open
+                    searcher.end_step()
+                    seed.width = max(1, consumed) if kept else min(2 * seed.width, self.max_speculation)
+            self._charge(seed, consumed, hi - lo)
+        return suspects
+
+    @staticmethod
+    def _observe_flaky(seed: _SeedRun, cands: list[Candidate], span: tuple[int, int], r: int,
+                       probs_o: np.ndarray, probs_c: np.ndarray) -> None:
+        """A deviation that did not reproduce is an ordinary candidate for the algorithm."""
+        searcher = seed.searcher
+        assert searcher is not None
+        lo, hi = span
+        if searcher.speculative:
+            searcher.observe([cands[r - lo]], probs_o[r : r + 1], probs_c[r : r + 1])
+            searcher.end_step()
+        else:
+            searcher.observe(cands, probs_o[lo:hi], probs_c[lo:hi])
 
     def _affordable(self, seed: _SeedRun) -> int:
         if self.budget.max_queries is None:
@@ -527,8 +553,8 @@ class Engine:
             found = (batch[r], trace, probs_o[r], probs_c[r], int(count))
             if count == self.verify_runs:
                 confirmed.add(seed.index)
-                if getattr(seed.searcher, "speculative", False):
-                    seed.searcher.end_step(also_consumed=1)  # type: ignore[union-attr]
+                if seed.searcher is not None and seed.searcher.speculative:
+                    seed.searcher.end_step(also_consumed=1)
                 events.append(self._finish(seed, ExitReason.triggered, found))
             else:
                 detail = {"queries": seed.queries, "reproduced": int(count), "verify_runs": self.verify_runs,
