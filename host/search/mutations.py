@@ -10,8 +10,10 @@ Every mutation is split in two:
   mutants, with no randomness left. Images that share an operator are processed together.
 
 So ``replay(seed, trace)`` (apply each step of a trace in order) reproduces a mutant byte for
-byte, on any machine: noise comes from SplitMix64 words of the step's seed through a fixed
-Box-Muller transform (integer and float64 arithmetic only), not from ``Generator.normal``.
+byte. Noise comes from SplitMix64 words of the step's seed through a fixed Box-Muller transform
+in float64 (not from ``Generator.normal``, whose stream numpy may change between releases); the
+only platform-dependent part is the last ulp of ``log``/``cos``/``sin`` on different CPUs, which
+could move a noisy value across a rounding boundary by one grey level in very rare cases.
 
 Operators (names are stable: they are stored in traces):
 
