@@ -35,6 +35,11 @@ fixtures: venv
 	$(PY) -m pip install --quiet -e '.[fixtures]'
 	$(PY) scripts/make_fixtures.py
 
+## make test-board: an arm64 board emulated by qemu-user runs the agent; prints x86-vs-arm64 disagreements
+## (scripts/emulated_board.sh; needs root or sudo for apt the first time, ~35 s setup, ~40 s run).
+test-board: venv
+	bash scripts/emulated_board.sh all
+
 bench: venv
 	$(PY) scripts/bench_agent.py
 	$(PY) scripts/bench_search.py
