@@ -208,7 +208,8 @@ class DFlareSearcher:
         self.last_op: int | None = None  # the operator that produced the current image
         # (generator state, uses, proposals) before the first pending proposal and after each one
         self._snapshots: list[tuple] = []
-        self._consumed = 0  # pending proposals scored so far
+        self._pending = 0  # candidates of the current proposal (0: none open)
+        self._consumed = 0  # of those, consumed so far
         self.accepted = 0
         self.corpus: NoveltyCorpus | None = None
         if config.use_novelty:
@@ -222,14 +223,18 @@ class DFlareSearcher:
 
     def propose(self, max_candidates: int = 1) -> list[Candidate]:
         """Up to ``max_candidates`` candidates, each proposed as if the ones before it were rejected."""
-        self._snapshots = [self._snapshot()]
+        count = max(1, max_candidates)
+        # A single candidate never needs rolling back: snapshots only when speculating.
+        self._snapshots = [self._snapshot()] if count > 1 else []
+        self._pending = count
         self._consumed = 0
         candidates = []
-        for _ in range(max(1, max_candidates)):
+        for _ in range(count):
             op = self.selector.choose(self.last_op)
             step = mutations.draw(self.ops[op], self.rng, self.current.shape, faithful=self.config.faithful)
             candidates.append(Candidate(self.current, self.trace, step, tag=op))
-            self._snapshots.append(self._snapshot())
+            if count > 1:
+                self._snapshots.append(self._snapshot())
         return candidates
 
     def _snapshot(self) -> tuple:
@@ -237,7 +242,7 @@ class DFlareSearcher:
 
     def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
         """Score the next pending candidates in order; stop at the first kept one (see ``searcher.py``)."""
-        if not self._snapshots:
+        if not self._pending:
             return 0
         for j, candidate in enumerate(candidates):
             self._consumed += 1
@@ -249,7 +254,7 @@ class DFlareSearcher:
     @property
     def proposal_open(self) -> bool:
         """Whether pending candidates are still valid (no kept candidate has cut them off)."""
-        return bool(self._snapshots)
+        return self._pending > 0
 
     def end_step(self, also_consumed: int = 0) -> None:
         """Forget unconsumed proposals: restore the generator and counters to just after the last consumed.
@@ -258,12 +263,13 @@ class DFlareSearcher:
             also_consumed: pending candidates consumed without being observed (a confirmed deviation).
         """
         self._consumed += also_consumed
-        if self._snapshots and self._consumed < len(self._snapshots) - 1:
+        if self._snapshots and self._consumed < self._pending:
             state, uses, proposals = self._snapshots[self._consumed]
             self.rng.bit_generator.state = state
             self.selector.uses = uses
             self.selector.proposals = proposals
         self._snapshots = []
+        self._pending = 0
 
     def _observe_one(self, candidate: Candidate, probs_original: np.ndarray, probs_compressed: np.ndarray) -> bool:
         """Score one candidate; keep it if it improves the fitness. A rejected one changes no state."""

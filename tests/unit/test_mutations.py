@@ -228,3 +228,19 @@ def test_repeated_positions_keep_the_last_value_as_a_sequential_loop_would():
     out = apply(image, [change, salt_then_pepper])
     assert out[0].ravel().tolist() == [0, 30, 0, 20]
     assert out[1].ravel().tolist() == [255, 0, 0, 0]
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_median_blur_sorting_network_equals_the_plain_median(kernel):
+    rng = np.random.default_rng(kernel)
+    images = rng.integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
+    images[0] = rng.integers(0, 3, (9, 7, 3))  # many ties
+    r = kernel // 2
+    padded = np.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
+    expected = np.median(windows.reshape(*windows.shape[:4], -1), axis=-1).astype(np.uint8)
+    batched = apply(images, [MutationStep("median_blur", {"kernel": kernel})] * 4)  # network path
+    single = np.stack([apply(images[i : i + 1], [MutationStep("median_blur", {"kernel": kernel})])[0]
+                       for i in range(4)])  # partition path for 7x7
+    np.testing.assert_array_equal(batched, expected)
+    np.testing.assert_array_equal(single, expected)
