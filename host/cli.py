@@ -4,7 +4,7 @@ Exit codes (the contract CI gates rely on):
     0  completed
     1  deviations found and ``--fail-on-deviation`` given (or a regression, for lab reports)
     2  usage or input error
-    3  target unreachable
+    3  target unreachable (an agent, or an adb device not connected or not authorized)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from host import __version__
-from host.errors import ConfigError, Error, ModelError, TargetUnreachableError
+from host.errors import ConfigError, DeviceConnectError, Error, ModelError, TargetUnreachableError
 
 EXIT_OK = 0
 EXIT_DEVIATION = 1
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
-    except TargetUnreachableError as exc:
+    except (TargetUnreachableError, DeviceConnectError) as exc:  # an agent, or an adb device, out of reach
         print(f"dflare: error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (ConfigError, ModelError) as exc:

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "Checks the device (ABI, Android version, Python, free space), pushes the agent "
                            "zipapp and a fresh token, starts `dflare-agent serve` on the device loopback, forwards "
                            "a host port to it over adb (no adb binary needed) and waits for its health check. The "
-                           "device needs a Python 3.9+ the adb shell can run with numpy, grpcio and a TFLite "
+                           "device needs a Python 3.10+ the adb shell can run with numpy, grpcio and a TFLite "
                            f"runtime for its ABI ({', '.join(pip for _, pip in NATIVE_REQUIREMENTS)}): the zipapp "
                            "carries everything else."))
     where = a.add_mutually_exclusive_group(required=True)

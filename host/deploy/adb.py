@@ -72,8 +72,9 @@ DEFAULT_ADB_PORT = 5555
 #: to the agent (python.org's Android builds), then Termux's (readable from adb only as root).
 PYTHON_CANDIDATES = ("python3", "python", "{device_dir}/python/bin/python3",
                      "/data/data/com.termux/files/usr/bin/python3")
-#: Oldest Python the agent supports (pyproject's requires-python).
-MIN_PYTHON = (3, 9)
+#: Oldest Python the agent supports (pyproject's requires-python: the generated protobuf code needs
+#: protobuf 7, which needs Python 3.10).
+MIN_PYTHON = (3, 10)
 #: Android 7.0 (API 24): the oldest release CPython's Android support (PEP 738) and toybox's setsid cover.
 MIN_SDK = 24
 #: Room for the model cache beyond the bundle: a few small models and the agent log.
@@ -94,6 +95,8 @@ DEFAULT_START_TIMEOUT_S = 60.0
 HEALTH_POLL_INTERVAL_S = 0.25
 #: One health probe RPC.
 HEALTH_RPC_TIMEOUT_S = 2.0
+#: The token check (one GetDeviceInfo): its first answer probes the delegates, seconds on a slow device.
+TOKEN_CHECK_RPC_TIMEOUT_S = 30.0
 #: How long ``stop`` waits for SIGTERM before SIGKILL.
 STOP_GRACE_S = 5.0
 #: Lines of the agent log shown when it fails to start.
@@ -602,7 +605,13 @@ class AdbDeployment:
         while True:
             healthy, last = probe_agent_health(self.grpc_address, self.token)
             if healthy:
-                return
+                accepted, last = check_agent_token(self.grpc_address, self.token)
+                if accepted:
+                    return
+                if last.startswith("UNAUTHENTICATED"):
+                    raise AgentStartError(self.uri, f"the agent is up but refused the token pushed to "
+                                                    f"{self.device_dir}/token ({last}); another agent may hold "
+                                                    f"port {self.device_port}: redeploy with another --device-port")
             if not self.agent_alive():
                 tail = self.agent_log_tail()
                 raise AgentStartError(self.uri, f"the agent exited during startup; its log ({self.device_dir}/"
@@ -643,17 +652,42 @@ class AdbDeployment:
 
 
 def probe_agent_health(address: str, token: str) -> tuple[bool, str]:
-    """One gRPC health check (``grpc.health.v1``) of the agent; returns (serving, why not)."""
+    """One gRPC health check (``grpc.health.v1``) of the agent; returns (serving, why not).
+
+    The agent's token interceptor lets health checks through without a token
+    (``TokenAuthInterceptor.OPEN_PREFIXES``); the token is sent anyway, under the key the interceptor
+    reads, so the probe also works behind a proxy that checks it. The token itself is first checked
+    by the target's first call (``GetDeviceInfo``), which answers UNAUTHENTICATED on a mismatch.
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from device_agent.server import AUTH_METADATA_KEY
 
     with grpc.insecure_channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_RPC_TIMEOUT_S,
-                metadata=(("authorization", f"Bearer {token}"),))
+                metadata=((AUTH_METADATA_KEY, f"Bearer {token}"),))
         except grpc.RpcError as exc:
             return False, f"health check: {exc.code().name}"
     if response.status == health_pb2.HealthCheckResponse.SERVING:
         return True, ""
     return False, f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
+
+
+def check_agent_token(address: str, token: str) -> tuple[bool, str]:
+    """One authenticated call (``GetDeviceInfo``): (accepted, why not); a refused token says UNAUTHENTICATED."""
+    import grpc
+
+    from device_agent._gen import agent_pb2, agent_pb2_grpc
+    from device_agent.server import AUTH_METADATA_KEY
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            agent_pb2_grpc.AgentStub(channel).GetDeviceInfo(
+                agent_pb2.GetDeviceInfoRequest(), timeout=TOKEN_CHECK_RPC_TIMEOUT_S,
+                metadata=((AUTH_METADATA_KEY, f"Bearer {token}"),))
+        except grpc.RpcError as exc:
+            return False, f"{exc.code().name}: {exc.details()}"
+    return True, ""

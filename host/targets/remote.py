@@ -548,6 +548,17 @@ class RemoteTarget:
             if session in self._sessions:
                 self._sessions.remove(session)
 
+    def reset_channel(self) -> None:
+        """Close the channel but keep the sessions: the next call opens a fresh connection.
+
+        For a forwarded link (adb) that came back after an outage: the old channel would first wait
+        out gRPC's reconnect backoff, which grows to minutes while the link is down.
+        """
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = None
+
     def close(self) -> None:
         """Unload every session this target loaded and close the channel."""
         with self._lock:
