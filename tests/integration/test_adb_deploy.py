@@ -162,3 +162,37 @@ def test_taken_host_port_is_a_forward_error(tmp_path: Path, adb_key) -> None:
             deployment.stop()
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize("case, config, exit_code, expected", [
+    ("not authorized", {"authorized_keys": []}, 3, ["did not accept this computer's adb key",
+                                                    "'Allow USB debugging?'"]),
+    ("no python", {"python": None}, 2, ["no Python 3.10+ the adb shell can run", "--python PATH"]),
+    ("unsupported abi", {"props": {**DeviceConfig().props, "ro.product.cpu.abi": "armeabi-v7a"}}, 2,
+     ["CPU ABI 'armeabi-v7a' (ro.product.cpu.abi) is not supported", "use a 64-bit device"]),
+    ("agent fails to start", {}, 2, ["the agent exited during startup; its log (/data/local/tmp/dflare/agent.log) "
+                                     "ends with:", "Address already in use"]),
+])
+def test_cli_deploy_failures_exit_with_a_message_naming_the_device(
+        case: str, config: dict, exit_code: int, expected: list[str], tmp_path: Path, adb_key, capsys) -> None:
+    """``dflare deploy adb`` (the same path ``--target adb://`` takes): exit code and one actionable line."""
+    from host.cli import main
+
+    key, pub = adb_key
+    taken = socket.create_server(("127.0.0.1", 0))  # the "device" loopback is this machine's
+    config = {"authorized_keys": [pub], **config}
+    try:
+        with AdbdSim(tmp_path / "device", DeviceConfig(**config)) as sim:
+            argv = ["deploy", "adb", "--host", f"{sim.host}:{sim.port}", "--key", str(key),
+                    "--auth-timeout-s", str(AUTH_TIMEOUT_S), "--start-timeout-s", "60"]
+            if case == "agent fails to start":
+                argv += ["--device-port", str(taken.getsockname()[1])]
+            assert main(argv) == exit_code
+            if case != "agent fails to start":
+                assert sim.pushed == {}  # refused before anything was copied
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"dflare: error: adb://{sim.host}:{sim.port}: "), err
+    for text in expected:
+        assert text in err, err
