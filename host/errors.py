@@ -104,3 +104,7 @@ class CampaignError(Error):
 
 class HealthCheckError(TargetError):
     """A lab device failed its health check (golden outputs differ from the recorded ones); it is taken out."""
+
+
+class RepairError(Error):
+    """``dflare repair`` cannot proceed: TensorFlow missing, no triggering inputs, a model that does not match."""
