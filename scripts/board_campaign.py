@@ -27,6 +27,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def start_agent(board_python: str, pythonpath: str, work: Path, token_file: Path
             break
         match = _LISTENING.search(line)
         if match:
+            # keep reading its stdout, so the agent never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True, name="board-agent-stdout").start()
             return proc, int(match.group(2))
     proc.kill()
     proc.wait()

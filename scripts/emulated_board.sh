@@ -133,7 +133,7 @@ run() {
   log "agent: $BOARD/bin/python3.11 -m device_agent serve (aarch64 under qemu-user, $QEMU_CPU)"
   PYTHONPATH="$REPO" "$PY" "$REPO/scripts/board_campaign.py" \
     --board-python "$BOARD/bin/python3.11" --board-pythonpath "$SITE:$REPO" --work "$BOARD/work" \
-    --seeds "${BOARD_SEEDS:-8}" --max-queries "${BOARD_MAX_QUERIES:-200}"
+    --seeds "${BOARD_SEEDS:-8}" --max-queries "${BOARD_MAX_QUERIES:-200}" --json "$BOARD/work/figures.json"
   log "run: $(elapsed "$t0") s"
 }
 

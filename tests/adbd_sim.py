@@ -851,7 +851,8 @@ class AdbdSim:
         self._lock = threading.Lock()
         self.host = "127.0.0.1"
         self.port = 0
-        self.accepting = True
+        self.accepting = True  # False: every new connection is closed at once (the device is out of reach)
+        self.refused_connections = 0
 
     def record(self, exchange: Exchange) -> None:
         with self._lock:
@@ -872,6 +873,7 @@ class AdbdSim:
             except OSError:
                 return
             if not self.accepting:
+                self.refused_connections += 1
                 sock.close()
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

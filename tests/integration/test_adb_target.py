@@ -143,9 +143,13 @@ MAX_QUERIES = 1000
 DROP_AFTER_SEEDS = 3
 #: A real dflare run on 2 busy cores: deploy (a few s) + campaign (a few s); the ceiling is generous.
 RUN_TIMEOUT_S = 300
-#: An outage longer than the gRPC client's own retries (0.2 + 0.4 + 0.8 s), shorter than the
-#: target's reconnect window: only the AdbTarget waiting for the link gets the campaign through.
-OUTAGE_S = 3.0
+#: The outage ends once the device has refused this many adb connection attempts: the gRPC client's
+#: own retries (0.2 + 0.4 + 0.8 s, under gRPC's 1 s reconnect backoff) make at most a few, so only the
+#: AdbTarget waiting for the link (an attempt every RECONNECT_POLL_S) gets there and carries the
+#: campaign through. Counted rather than timed, so a slow machine cannot end the outage early.
+OUTAGE_REFUSALS = 8
+#: Ceiling on an outage that waits for refusals (the campaign makes calls at once after the cut).
+OUTAGE_CEILING_S = 120.0
 
 _SEED_LINE = re.compile(r"^\[\d+/\d+\] seed (\d+) (\w+)")
 
@@ -224,9 +228,13 @@ def test_dflare_run_on_adb_target_records_the_device_and_cleans_up(device: AdbdS
     assert not (agent_dir / "token").exists() and (agent_dir / "dflare-agent.pyz").exists()
 
 
-def _cut_link_after_seeds(proc: subprocess.Popen, sim: AdbdSim, seeds: int, outage_s: float | None) -> list[str]:
+def _cut_link_after_seeds(proc: subprocess.Popen, sim: AdbdSim, seeds: int, refusals: int | None) -> list[str]:
     """Read the run's progress; after ``seeds`` finished seeds, drop every adb connection and refuse new
-    ones for ``outage_s`` (None: until the test lets the device back). Returns the stderr lines read."""
+    ones until ``refusals`` attempts were refused (None: until the test lets the device back).
+
+    Returns:
+        The stderr lines read, with a ``<link cut ...>`` line where the cut happened.
+    """
     lines: list[str] = []
     finished = 0
     for line in proc.stderr:
@@ -236,17 +244,23 @@ def _cut_link_after_seeds(proc: subprocess.Popen, sim: AdbdSim, seeds: int, outa
             if finished == seeds:
                 sim.accepting = False
                 assert sim.drop_connections() >= 1  # the forward's connection was live
-                if outage_s is not None:
-                    threading.Timer(outage_s, lambda: setattr(sim, "accepting", True)).start()
+                if refusals is not None:
+                    target = sim.refused_connections + refusals
+                    threading.Thread(target=_reopen_after, args=(sim, target), daemon=True).start()
                 lines.append(f"<link cut, {len(sim.services_opened)} services opened so far>\n")
     return lines
+
+
+def _reopen_after(sim: AdbdSim, refused: int) -> None:
+    sim.wait_for(lambda: sim.refused_connections >= refused, OUTAGE_CEILING_S)
+    sim.accepting = True
 
 
 def test_campaign_rides_out_an_adb_outage(device: AdbdSim, tmp_path: Path, reference: dict[int, tuple]) -> None:
     out = tmp_path / "out"
     proc = _start_run(out, device)
     try:
-        lines = _cut_link_after_seeds(proc, device, DROP_AFTER_SEEDS, OUTAGE_S)
+        lines = _cut_link_after_seeds(proc, device, DROP_AFTER_SEEDS, OUTAGE_REFUSALS)
     finally:
         proc.wait(timeout=RUN_TIMEOUT_S)
         device.accepting = True
