@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from host.errors import ConfigError
+from host.search.bounds import BoundFilter, PerturbationBound
 from host.search.dflare import DFlareConfig, DFlareSearcher
 from host.search.diffchaser import MUTATION_RATE, POPULATION_SIZE, DiffChaserSearcher
 from host.search.engine import MAX_LIVE_SEEDS, MAX_SPECULATION, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
@@ -91,6 +92,7 @@ def run(
     max_speculation: int = MAX_SPECULATION,
     on_event: Callable[[Event], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    bound: PerturbationBound | None = None,
     **algo_options,
 ) -> Iterator[SeedResult]:
     """Search for triggering inputs; yield one :class:`SeedResult` per seed as it finishes.
@@ -111,6 +113,8 @@ def run(
         max_speculation: candidates DFlare may propose per seed and step (results do not depend on it).
         on_event: called with every engine event (started, flaky, triggered, exhausted, skipped).
         clock: monotonic clock (injectable for tests).
+        bound: keep every mutant within ``max_linf`` / ``min_ssim`` of its seed (``bounds.py``); the
+            results' ``extra["bound"]`` counts projected and rejected mutants.
         **algo_options: ``population_size`` / ``mutation_rate`` for DiffChaser.
 
     Raises:
@@ -119,7 +123,8 @@ def run(
     """
     engine = Engine(original, compressed, searcher_factory(algo, **algo_options), algo=algo,
                     budget=Budget.of(budget), rng_seed=rng_seed, verify_runs=verify_runs,
-                    max_live_seeds=max_live_seeds, max_speculation=max_speculation, clock=clock)
+                    max_live_seeds=max_live_seeds, max_speculation=max_speculation, clock=clock,
+                    candidate_filter=BoundFilter(bound) if bound is not None and bound.active else None)
     for event in engine.run(seeds, labels=labels, indices=indices):
         if on_event is not None:
             on_event(event)

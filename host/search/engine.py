@@ -39,7 +39,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from host.search import mutations
 from host.search.results import SeedResult, SeedStatus
 from host.search.searcher import Candidate, Searcher, SeedContext
 from host.targets.base import Session
+
+if TYPE_CHECKING:
+    from host.search.bounds import BoundFilter
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,8 @@ class Engine:
         max_speculation: candidates a speculative searcher may propose per step (1: none); results
             and counted queries do not depend on it.
         clock: a monotonic clock in seconds (injectable for tests).
+        candidate_filter: a perturbation bound's hook (``bounds.BoundFilter``): projects each step's
+            mutants or swaps rejected ones for their parents; its counts go to ``extra["bound"]``.
     """
 
     def __init__(
@@ -208,6 +213,7 @@ class Engine:
         max_live_seeds: int = MAX_LIVE_SEEDS,
         max_speculation: int = MAX_SPECULATION,
         clock: Callable[[], float] = time.monotonic,
+        candidate_filter: BoundFilter | None = None,
     ) -> None:
         if verify_runs < 1:
             raise ConfigError(f"verify_runs must be at least 1, got {verify_runs}")
@@ -224,6 +230,7 @@ class Engine:
         self.verify_runs = verify_runs
         self.max_live_seeds = max_live_seeds
         self.max_speculation = max(1, int(max_speculation))
+        self.candidate_filter = candidate_filter  # a perturbation bound's hook (bounds.py), or None
         self.clock = clock
         # run state, named by what it counts
         self.total_queries: int = 0
@@ -394,6 +401,10 @@ class Engine:
             flat = [(idx, c) for idx, cands in rows.items() for c in cands]
             if flat:
                 mutants = mutations.apply(np.stack([c.base for _, c in flat]), [c.step for _, c in flat])
+                if self.candidate_filter is not None:  # project / reject mutants outside the bound
+                    mutants = self.candidate_filter([c for _, c in flat], mutants,
+                                                    np.stack([by_index[i].image for i, _ in flat]),
+                                                    [i for i, _ in flat])
                 for (idx, candidate), image in zip(flat, mutants):
                     candidate.image = image
                     owners.append(by_index[idx])
@@ -575,6 +586,8 @@ class Engine:
             extra["flaky"] = list(seed.flaky)
         if seed.searcher is not None:
             extra["search"] = seed.searcher.stats()
+        if self.candidate_filter is not None:
+            extra.update(self.candidate_filter.stats(seed.index))
         return SeedResult(seed_index=seed.index, status=status, seed_label=label, queries=seed.queries,
                           seconds=seed.seconds, algo=self.algo, exit_reason=reason.name, extra=extra)
 
