@@ -1,4 +1,5 @@
-"""Per-input artifacts in ``--out/inputs/``: ``<seed>_<n>.png`` (lossless) and ``<seed>_<n>.npy``.
+"""Per-input artifacts in ``--out/inputs/``: ``<seed>_<n>.png`` (lossless) and ``<seed>_<n>.npy``, and for a
+minimized input ``<seed>_<n>_min.png`` / ``.npy``.
 
 Both hold exactly the tested uint8 pixels: the PNG decodes to the same bytes, the .npy keeps the
 (H, W, C) array as is. The store keeps the bytes too, so these files can always be rebuilt.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from host.campaign.store import InputRecord
+from host.campaign.store import InputRecord, MinimizedRecord
 
 INPUTS_DIR = "inputs"
 
@@ -35,8 +36,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_input(out_dir: str | Path, record: InputRecord, overwrite: bool = True) -> tuple[Path, Path]:
-    """Write one input's PNG and .npy atomically (temp file + rename); return their paths."""
+def write_input(out_dir: str | Path, record: InputRecord | MinimizedRecord, overwrite: bool = True
+                ) -> tuple[Path, Path]:
+    """Write one input's (raw or minimized) PNG and .npy atomically (temp file + rename); return their paths."""
     folder = Path(out_dir) / INPUTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / f"{record.stem}.png"
@@ -50,7 +52,7 @@ def write_input(out_dir: str | Path, record: InputRecord, overwrite: bool = True
     return png, npy
 
 
-def write_all(out_dir: str | Path, records: list[InputRecord]) -> list[Path]:
+def write_all(out_dir: str | Path, records: list[InputRecord] | list[MinimizedRecord]) -> list[Path]:
     """Write every input's files that are missing (after an interrupted run); return the PNG paths."""
     return [write_input(out_dir, r, overwrite=False)[0] for r in records]
 

@@ -20,7 +20,13 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from host.campaign.config import DEFAULT_MAX_QUERIES, DEFAULT_RERUNS, CampaignConfig, known_algorithms
+from host.campaign.config import (
+    DEFAULT_MAX_QUERIES,
+    DEFAULT_MINIMIZE_MAX_QUERIES,
+    DEFAULT_RERUNS,
+    CampaignConfig,
+    known_algorithms,
+)
 from host.campaign.progress import LogProgress, RichProgress, default_progress
 from host.campaign.runner import CampaignOutcome, CampaignRunner, SearchFn
 from host.report.summary import json_view
@@ -67,6 +73,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="if --out holds a campaign with other settings, archive it and start over")
     p.add_argument("--fail-on-deviation", action="store_true", default=None,
                    help="exit with code 1 when a triggering input is found (for CI gates)")
+    p.add_argument("--minimize", action=argparse.BooleanOptionalAction, default=None,
+                   help="shrink each triggering input toward its seed while it still triggers (default on; the raw "
+                   "and the minimized input are both stored)")
+    p.add_argument("--minimize-max-queries", type=int, metavar="N",
+                   help=f"minimization queries per triggering input (default {DEFAULT_MINIMIZE_MAX_QUERIES})")
+    p.add_argument("--max-linf", type=int, metavar="N",
+                   help="keep every searched input within N grey levels of its seed (mutants are clipped back)")
+    p.add_argument("--min-ssim", type=float, metavar="X",
+                   help="reject mutants whose SSIM to their seed is below X (each rejection costs 2 queries)")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress display: a bar on a terminal, log lines otherwise (auto)")
 

@@ -46,8 +46,12 @@ DEFAULT_RERUNS = 3
 #: Fields that do not change what a campaign computes, so resuming with other values is allowed:
 #: where files live (their contents are compared by digest), where output goes, credentials, and
 #: what the exit code does.
+#: Minimization runs after the search and never changes its results, so it may change on resume too.
 NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
-                                 "connect_timeout_s"})
+                                 "connect_timeout_s", "minimize", "minimize_max_queries"})
+
+#: Minimization queries per triggering input (``host.search.minimize.MAX_MINIMIZE_QUERIES``).
+DEFAULT_MINIMIZE_MAX_QUERIES = 2000
 
 _PATH_FIELDS = ("original", "compressed", "seeds", "out", "token_file")
 
@@ -90,6 +94,10 @@ class CampaignConfig:
         token_file: a file holding the agent's token (else ``$DFLARE_TOKEN``).
         connect_timeout_s: how long to wait for an agent to answer (``None``: the client's default).
         fail_on_deviation: exit with code 1 when a triggering input was found (for CI gates).
+        minimize: shrink each triggering input toward its seed after the search (stored next to the raw one).
+        minimize_max_queries: minimization query budget per triggering input (counted apart from the search).
+        max_linf: keep every searched input within this many grey levels of its seed (projection); ``None``: off.
+        min_ssim: reject mutants whose SSIM to their seed is below this; ``None``: off.
     """
 
     original: Path
@@ -114,6 +122,10 @@ class CampaignConfig:
     token_file: Path | None = None
     connect_timeout_s: float | None = None
     fail_on_deviation: bool = field(default=False)
+    minimize: bool = True
+    minimize_max_queries: int = DEFAULT_MINIMIZE_MAX_QUERIES
+    max_linf: int | None = None
+    min_ssim: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -240,11 +252,11 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, (str, Path)):
                 raise TypeError("expected a path")
             return Path(value)
-        if name in ("max_queries", "threads", "limit", "reruns", "seed"):
+        if name in ("max_queries", "threads", "limit", "reruns", "seed", "minimize_max_queries", "max_linf"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError("expected an integer")
             return int(value)
-        if name in ("timeout_s", "scale", "connect_timeout_s"):
+        if name in ("timeout_s", "scale", "connect_timeout_s", "min_ssim"):
             if isinstance(value, bool):
                 raise TypeError("expected a number")
             return float(value)
@@ -254,7 +266,7 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(float(v) for v in value.replace(",", " ").split())
             return tuple(float(v) for v in value)
-        if name in ("resize", "fail_on_deviation"):
+        if name in ("resize", "fail_on_deviation", "minimize"):
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value
@@ -287,6 +299,12 @@ def _validate(cfg: CampaignConfig) -> None:
         raise bad("limit", "must be a positive number of seeds")
     if cfg.reruns < 0:
         raise bad("reruns", "must be 0 or more")
+    if cfg.minimize_max_queries < 2:
+        raise bad("minimize_max_queries", "must be at least 2 (one candidate on both models)")
+    if cfg.max_linf is not None and not 0 <= cfg.max_linf <= 255:
+        raise bad("max_linf", "must be 0..255 grey levels")
+    if cfg.min_ssim is not None and not -1.0 < cfg.min_ssim <= 1.0:
+        raise bad("min_ssim", "must be in (-1, 1]; 1 means identical to the seed")
     if cfg.seed < 0:
         raise bad("seed", "must be a non-negative integer")
     if cfg.scale is not None and (cfg.mean is not None or cfg.std is not None):

@@ -5,8 +5,10 @@ seeds are read and checked against that shape -> the store is opened (a differen
 refused) -> this run and its targets are recorded -> the requested seed list is recorded (once) ->
 unfinished seeds get the agreement check (seeds the two models already disagree on, or that
 mismatch their label, are stored as ``skipped``) -> the agreeing ones are searched, and each result
-is stored in one transaction the moment it arrives, then its artifacts are written -> the reports
-are rebuilt from the store. On Ctrl-C the reports are still written from what finished, and the
+is stored in one transaction the moment it arrives, then its artifacts are written -> with
+``minimize`` on, every stored triggering input without a minimized version is minimized and stored
+(``minimizing.py``; this also completes inputs an interrupted run left) -> the reports are rebuilt
+from the store. On Ctrl-C the reports are still written from what finished, and the
 interrupt is re-raised; a SIGKILL loses at most the seeds in flight, never a stored one.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 from device_agent.runtime import ModelFormatError, Preprocessing, check_tflite_bytes
 from host.campaign import artifacts
 from host.campaign.config import CampaignConfig
+from host.campaign.minimizing import bound_of, minimize_pending
 from host.campaign.progress import ProgressReporter, default_progress
 from host.campaign.seeds import SeedSet, load_seeds
 from host.campaign.store import CampaignStore, RequestedSeed
@@ -82,7 +85,7 @@ def engine_search(job: SearchJob) -> Iterator[SeedResult]:
     yield from search_run(
         job.original, job.compressed, job.images, algo=cfg.algo,
         budget=Budget(max_queries=cfg.max_queries, max_seconds=cfg.timeout_s), rng_seed=cfg.seed,
-        labels=job.labels, indices=job.seed_indices, verify_runs=cfg.reruns,
+        labels=job.labels, indices=job.seed_indices, verify_runs=cfg.reruns, bound=bound_of(cfg),
     )
 
 
@@ -254,6 +257,10 @@ class CampaignRunner:
                                 [self._labels[i] for i in agreeing], self.config,
                                 targets[self.config.reference_target], targets[self.config.target])
                 self._consume(store, seeds, job, outcome)
+            if self.config.minimize:
+                done = minimize_pending(store, original, compressed, self.config)
+                if done:
+                    log.info("minimized %d triggering input(s)", done)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"

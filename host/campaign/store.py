@@ -29,6 +29,9 @@ from host.errors import CampaignError
 from host.search.results import MutationStep, SeedResult, SeedStatus
 
 #: Bumped when the tables change incompatibly; an older store is then refused with a clear message.
+#: Tables added later (``minimized``, issue 10) are created on open, so stores written before them
+#: resume unchanged (their inputs are minimized on resume when minimization is on), and older
+#: dflare-edge versions ignore them: an additive change, no bump.
 SCHEMA_VERSION = 1
 
 STORE_NAME = "campaign.sqlite"
@@ -78,6 +81,22 @@ CREATE TABLE IF NOT EXISTS inputs (
     image BLOB NOT NULL,
     seed_image BLOB,
     PRIMARY KEY (seed_index, n)
+);
+CREATE TABLE IF NOT EXISTS minimized (
+    seed_index INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    probs_original TEXT NOT NULL,
+    probs_compressed TEXT NOT NULL,
+    label_original INTEGER NOT NULL,
+    label_compressed INTEGER NOT NULL,
+    queries INTEGER NOT NULL,
+    verify_queries INTEGER NOT NULL,
+    reproduced INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    info TEXT NOT NULL,
+    image BLOB NOT NULL,
+    PRIMARY KEY (seed_index, n),
+    FOREIGN KEY (seed_index, n) REFERENCES inputs(seed_index, n)
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -168,6 +187,41 @@ class InputRecord:
             "seed_label": self.seed_label, "queries": self.queries, "seconds": self.seconds,
             "reproduced": self.reproduced, "shape": list(self.image.shape),
             "png": f"inputs/{self.stem}.png", "npy": f"inputs/{self.stem}.npy",
+        }
+
+
+@dataclass(frozen=True)
+class MinimizedRecord:
+    """A triggering input shrunk toward its seed (``host.search.minimize``), re-verified on both targets.
+
+    ``info`` holds the kept trace steps, the distances ``before``/``after``, the phases and why it stopped.
+    """
+
+    seed_index: int
+    n: int  # the raw input it minimizes
+    probs_original: np.ndarray
+    probs_compressed: np.ndarray
+    label_original: int
+    label_compressed: int
+    queries: int  # minimization queries (apart from the search's)
+    verify_queries: int
+    reproduced: int
+    seconds: float
+    info: dict[str, Any]
+    image: np.ndarray = field(repr=False)
+
+    @property
+    def stem(self) -> str:
+        """The artifact file name without extension: ``<seed>_<n>_min``."""
+        return f"{self.seed_index}_{self.n}_min"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view; the image bytes are left out (they are the artifact files)."""
+        return {
+            "seed_index": self.seed_index, "n": self.n, "label_original": self.label_original,
+            "label_compressed": self.label_compressed, "queries": self.queries,
+            "verify_queries": self.verify_queries, "reproduced": self.reproduced, "seconds": self.seconds,
+            **self.info, "png": f"inputs/{self.stem}.png", "npy": f"inputs/{self.stem}.npy",
         }
 
 
@@ -386,7 +440,43 @@ class CampaignStore:
              json.dumps(list(image.shape)), image.tobytes(), seed_blob),
         )
 
+    def record_minimized(self, record: MinimizedRecord) -> None:
+        """Store (or replace) the minimized version of one stored input, in one transaction.
+
+        Raises:
+            CampaignError: the raw input it minimizes is not in the store.
+        """
+        image = np.ascontiguousarray(record.image, dtype=np.uint8)
+        try:
+            with self._transaction():
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO minimized VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.seed_index, record.n, _vector_json(record.probs_original),
+                     _vector_json(record.probs_compressed), int(record.label_original), int(record.label_compressed),
+                     int(record.queries), int(record.verify_queries), int(record.reproduced), float(record.seconds),
+                     canonical_json(_jsonable(record.info)), image.tobytes()),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise CampaignError(f"input {record.seed_index}_{record.n} cannot be minimized in {self.path}: {exc} "
+                                "(the raw input is not stored)") from None
+
     # -- reading ------------------------------------------------------------------------------
+    def minimized(self) -> dict[tuple[int, int], MinimizedRecord]:
+        """Every minimized input, keyed by its raw input's ``(seed_index, n)``."""
+        rows = self._conn.execute(
+            "SELECT m.seed_index, m.n, m.probs_original, m.probs_compressed, m.label_original, m.label_compressed, "
+            "m.queries, m.verify_queries, m.reproduced, m.seconds, m.info, m.image, i.shape FROM minimized m "
+            "JOIN inputs i ON i.seed_index = m.seed_index AND i.n = m.n ORDER BY m.seed_index, m.n"
+        )
+        out = {}
+        for i, n, po, pc, lo, lc, q, vq, rep, sec, info, img, shape in rows:
+            out[(int(i), int(n))] = MinimizedRecord(
+                int(i), int(n), np.asarray(json.loads(po), np.float32), np.asarray(json.loads(pc), np.float32),
+                int(lo), int(lc), int(q), int(vq), int(rep), float(sec), json.loads(info),
+                np.frombuffer(img, np.uint8).reshape(tuple(json.loads(shape))),
+            )
+        return out
+
     def meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])

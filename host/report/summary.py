@@ -12,6 +12,10 @@ The first seven keys are the ``dflare run --json`` contract (DESIGN.md §5):
 
 The rest add detail: counts per status, the skipped seeds and why, per-algorithm and per-target
 figures, the models, the config, and whether every requested seed has finished (``complete``).
+``analysis`` (``analysis.py``) holds the label-flip table, per-class deviation rates, distance
+statistics and histogram, operators, minimization totals and the perturbation bound; each entry of
+``triggering_inputs`` carries its ``distances`` (raw and minimized) and its ``minimized`` record.
+Minimization queries are never part of ``total_queries`` or the per-trigger figures.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from host.campaign.store import CampaignStore, SeedRecord
+from host.report.analysis import analysis
 from host.search.results import SeedStatus
 
 SUMMARY_NAME = "summary.json"
@@ -84,6 +89,9 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
             "model_sha256": models.get(role),
             "device": info.get("device", {}),
         }
+    analysed = analysis(store)
+    distances = analysed.pop("inputs")
+    minimized = store.minimized()
     summary: dict[str, Any] = {key: fig[key] for key in JSON_KEYS if key != "out"}
     summary["out"] = str(out_dir)
     summary.update({
@@ -101,9 +109,11 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
         "triggering_inputs": [
             {"seed_index": i.seed_index, "n": i.n, "status": i.status.value, "label_original": i.label_original,
              "label_compressed": i.label_compressed, "queries": i.queries, "seconds": i.seconds,
-             "reproduced": i.reproduced, "png": f"inputs/{i.stem}.png", "npy": f"inputs/{i.stem}.npy"}
+             "reproduced": i.reproduced, "png": f"inputs/{i.stem}.png", "npy": f"inputs/{i.stem}.npy",
+             "distances": distances.get(i.stem), "minimized": _minimized_view(minimized.get((i.seed_index, i.n)))}
             for i in store.inputs()
         ],
+        "analysis": analysed,
         "per_algorithm": per_algorithm,
         "per_target": per_target,
         "algo": config.get("algo"),
@@ -112,6 +122,15 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
         "runs": store.runs(),
     })
     return summary
+
+
+def _minimized_view(record: Any) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    view = record.to_dict()
+    view.pop("trace", None)  # the kept steps are in the store; the summary keeps the figures
+    view.pop("phases", None)
+    return view
 
 
 def json_view(summary: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def write_reports(store: CampaignStore, out_dir: str | Path) -> ReportPaths:
         The written paths and the summary.
     """
     artifacts.write_all(out_dir, store.inputs())
+    artifacts.write_all(out_dir, list(store.minimized().values()))
     summary_path, summary = write_summary(store, out_dir)
     junit_path = write_junit(store, out_dir)
     html_path = write_html(store, summary, out_dir)

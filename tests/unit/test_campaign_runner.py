@@ -111,7 +111,10 @@ def test_dflare_report_rebuilds_everything(finished: Path, tmp_path: Path, capsy
     assert printed["triggered"] == before["triggered"] and printed["out"] == str(copy)
     assert {k: v for k, v in after.items() if k != "out"} == {k: v for k, v in before.items() if k != "out"}
     assert (copy / "junit.xml").exists() and (copy / "report.html").exists()
-    assert len(list((copy / "inputs").glob("*.png"))) == len(before["triggering_inputs"])
+    pngs = list((copy / "inputs").glob("*.png"))
+    assert len([p for p in pngs if not p.stem.endswith("_min")]) == len(before["triggering_inputs"])
+    minimized = [i for i in before["triggering_inputs"] if i.get("minimized")]
+    assert len([p for p in pngs if p.stem.endswith("_min")]) == len(minimized)
 
 
 class Interrupting:
