@@ -11,8 +11,15 @@ paths pay gRPC, the copy into the worker's shared memory and the worker hop; the
 is identical (same delegate, threads, preprocessing). The three paths are measured in interleaved
 rounds so a machine whose load drifts affects them alike; each figure is the median round.
 
+Wall-clock rates on a shared machine move with other people's jobs, so each row also carries the
+CPU time spent per batch (over all rounds) by this process (``client``; for ``raw`` that is the
+whole work), the agent's servicer process (``agent``) and its worker process (``worker``), read
+from /proc (Linux). CPU time does not depend on how busy the machine is, so it shows where an
+agent path's overhead goes. The load average is printed before and after.
+
     python scripts/bench_agent.py                 # table
-    python scripts/bench_agent.py --json          # one JSON list of {model, batch, path, images_per_s}
+    python scripts/bench_agent.py --json          # one JSON list of {model, batch, path, images_per_s,
+                                                  #   cpu_ms_per_batch: {client, agent, worker}}
 """
 
 from __future__ import annotations
@@ -53,6 +60,33 @@ MIN_IMAGES_PER_ROUND = 256
 AGENT_STARTUP_TIMEOUT_S = 60.0
 
 
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (all its threads) from /proc; 0.0 where unreadable."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S  # utime, stime (man 5 proc)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (the agent's workers), from /proc."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return children
+
+
 def start_agent(workdir: Path) -> tuple[subprocess.Popen, str, str]:
     token = secrets.token_hex(16)
     (workdir / "token").write_text(token)
@@ -80,14 +114,21 @@ def images_for(model: Path, n: int) -> np.ndarray:
     return np.resize(x, (n, *x.shape[1:])).copy()
 
 
-def timed(run: Callable[[], int], seconds: float) -> tuple[int, float]:
-    """Call ``run`` (returns images processed) until ``seconds`` and MIN_IMAGES_PER_ROUND have passed."""
+def timed(run: Callable[[], int], seconds: float, pids: dict[str, int | None]) -> tuple[int, float, dict[str, float]]:
+    """Call ``run`` (returns images processed) until ``seconds`` and MIN_IMAGES_PER_ROUND have passed.
+
+    Returns:
+        Images processed, wall seconds, and CPU seconds spent meanwhile by each process in ``pids``
+        (``client`` is this process).
+    """
+    cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items()}
     images, start = 0, time.perf_counter()
     while True:
         images += run()
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and images >= MIN_IMAGES_PER_ROUND:
-            return images, elapsed
+            cpu = {name: process_cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+            return images, elapsed, cpu
 
 
 def _runs(local, remote, images: np.ndarray) -> dict[str, Callable[[], int]]:
@@ -101,10 +142,13 @@ def _runs(local, remote, images: np.ndarray) -> dict[str, Callable[[], int]]:
     }
 
 
-def bench_model(model: Path, target: RemoteTarget, delegate: str, threads: int, seconds: float) -> list[dict]:
+def bench_model(model: Path, target: RemoteTarget, agent_pid: int, delegate: str, threads: int,
+                seconds: float) -> list[dict]:
     spec = ModelSpec.from_path(model, delegate=delegate, threads=threads)
     local = LocalTarget().load(spec)
     remote = target.load(spec)
+    workers = child_pids(agent_pid)  # one session is loaded at a time, so one worker
+    pids = {"client": os.getpid(), "agent": agent_pid, "worker": workers[0] if len(workers) == 1 else None}
     rows = []
     try:
         for batch in BATCH_SIZES:
@@ -113,13 +157,21 @@ def bench_model(model: Path, target: RemoteTarget, delegate: str, threads: int, 
             for run in runs.values():
                 run()  # warm up: first resize/allocate, first RPC
             rates: dict[str, list[float]] = {path: [] for path in PATHS}
+            # CPU is summed over all rounds (clock ticks are 10 ms, too coarse for one short round).
+            cpu_s: dict[str, dict[str, float]] = {path: dict.fromkeys(pids, 0.0) for path in PATHS}
+            images_run = dict.fromkeys(PATHS, 0)
             for _ in range(ROUNDS):
                 for path in PATHS:
-                    n, elapsed = timed(runs[path], seconds / ROUNDS)
+                    n, elapsed, cpu = timed(runs[path], seconds / ROUNDS, pids)
                     rates[path].append(n / elapsed)
+                    images_run[path] += n
+                    for name, spent_s in cpu.items():
+                        cpu_s[path][name] += spent_s
             for path in PATHS:
                 rows.append({"model": model.stem, "batch": batch, "path": path,
-                             "images_per_s": round(float(np.median(rates[path])), 1)})
+                             "images_per_s": round(float(np.median(rates[path])), 1),
+                             "cpu_ms_per_batch": {name: round(1000.0 * spent_s * batch / images_run[path], 3)
+                                                  for name, spent_s in cpu_s[path].items()}})
     finally:
         remote.close()
     return rows
@@ -138,15 +190,25 @@ def machine() -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    by_key: dict[tuple[str, int], dict[str, float]] = {}
+    by_key: dict[tuple[str, int], dict[str, dict]] = {}
     for row in rows:
-        by_key.setdefault((row["model"], row["batch"]), {})[row["path"]] = row["images_per_s"]
+        by_key.setdefault((row["model"], row["batch"]), {})[row["path"]] = row
     print("| model | batch | raw img/s | Infer img/s (% of raw) | InferStream img/s (% of raw) |")
     print("|---|---:|---:|---:|---:|")
     for (model, batch), paths in by_key.items():
-        raw = paths["raw"]
-        print(f"| {model} | {batch} | {raw:,.0f} | {paths['infer']:,.0f} ({100 * paths['infer'] / raw:.0f}%) | "
-              f"{paths['stream']:,.0f} ({100 * paths['stream'] / raw:.0f}%) |")
+        raw, infer, stream = (paths[p]["images_per_s"] for p in PATHS)
+        print(f"| {model} | {batch} | {raw:,.0f} | {infer:,.0f} ({100 * infer / raw:.0f}%) | "
+              f"{stream:,.0f} ({100 * stream / raw:.0f}%) |")
+    print("\nCPU ms per batch (client + agent + worker = total; raw is the client alone)\n")
+    print("| model | batch | raw | Infer | InferStream |")
+    print("|---|---:|---:|---:|---:|")
+    for (model, batch), paths in by_key.items():
+        cells = [f"{paths['raw']['cpu_ms_per_batch']['client']:.2f}"]
+        for path in ("infer", "stream"):
+            cpu = paths[path]["cpu_ms_per_batch"]
+            cells.append(f"{cpu['client']:.2f} + {cpu['agent']:.2f} + {cpu['worker']:.2f} = "
+                         f"{sum(cpu.values()):.2f}")
+        print(f"| {model} | {batch} | {' | '.join(cells)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         models = [m for m in models if m.stem in wanted]
     if not models:
         raise SystemExit(f"no fixture models in {MODELS_DIR} (make fixtures)")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         process, uri, token = start_agent(Path(tmp))
         try:
             with RemoteTarget(uri, token=token) as target:
                 rows = []
                 for model in models:
-                    rows += bench_model(model, target, args.delegate, args.threads, args.seconds)
+                    rows += bench_model(model, target, process.pid, args.delegate, args.threads, args.seconds)
                     if not args.json:
                         print(f"measured {model.stem}", file=sys.stderr)
         finally:
@@ -179,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        print(f"machine: {machine()}; delegate {args.delegate}, threads {args.threads}\n")
+        load_after = os.getloadavg()
+        print(f"machine: {machine()}; delegate {args.delegate}, threads {args.threads}; load average (1 min) "
+              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
         print_table(rows)
     return 0
 
