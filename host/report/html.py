@@ -1,9 +1,11 @@
 """``report.html``: one self-contained page (no external files or scripts; images inlined as data URIs).
 
 Sections: the campaign header (models, digests, device info, delegates, runtime versions), the
-summary numbers, two matplotlib plots (queries per seed; cumulative triggered vs queries), and a
-gallery of deviating inputs, each with its seed, the mutant, an amplified difference image, the two
-models' top-5 probabilities and the mutation trace.
+summary numbers, two matplotlib plots (queries per seed; cumulative triggered vs queries), the
+analysis (label-flip table, per-class deviation rates, the L2 distance histogram of raw vs minimized
+inputs, operators, minimization and bound figures), and a gallery of deviating inputs, each with its
+seed, the raw mutant and the minimized mutant side by side (each with an amplified difference image
+and its distances), the two models' top-5 probabilities and the mutation trace.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from host.campaign.artifacts import png_bytes
-from host.campaign.store import CampaignStore, InputRecord
+from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
 from host.search.results import SeedStatus
 
 REPORT_NAME = "report.html"
@@ -59,8 +61,10 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
             for i in order]
 
 
-def _gallery_item(record: InputRecord) -> dict[str, Any]:
+def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None) -> dict[str, Any]:
     item: dict[str, Any] = {
+        "minimized": None,
+        "distances": None,
         "record": record.to_dict(),
         "mutant": data_uri(png_bytes(record.image)),
         "seed": None,
@@ -74,6 +78,14 @@ def _gallery_item(record: InputRecord) -> dict[str, Any]:
         diff, gain = amplified_difference(record.image, record.seed_image)
         item.update(seed=data_uri(png_bytes(record.seed_image)), diff=data_uri(png_bytes(diff)),
                     gain=gain, l_inf=int(np.abs(record.image.astype(np.int16) - record.seed_image).max()))
+        from host.report.analysis import input_distances
+
+        dists = input_distances(record, minimized)
+        item["distances"] = dists["raw"]
+        if minimized is not None:
+            min_diff, min_gain = amplified_difference(minimized.image, record.seed_image)
+            item["minimized"] = {"image": data_uri(png_bytes(minimized.image)), "diff": data_uri(png_bytes(min_diff)),
+                                 "gain": min_gain, "distances": dists["minimized"], "record": minimized.to_dict()}
     return item
 
 
@@ -163,6 +175,29 @@ def plots(store: CampaignStore) -> dict[str, str]:
     return out
 
 
+def distance_plot(hist: dict[str, Any]) -> str:
+    """The L2 histogram of raw vs minimized triggering inputs (``analysis.histogram``) as a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+    edges = hist.get("edges") or []
+    if edges:
+        centers = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
+        width = (edges[1] - edges[0]) * 0.42
+        ax.bar(centers - width / 2, hist["raw"], width=width, color="#c0392b", label="raw")
+        ax.bar(centers + width / 2, hist["minimized"], width=width, color="#2c7fb8", label="minimized")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no triggering inputs yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("L2 distance from the seed (grey levels)")
+    ax.set_ylabel("triggering inputs")
+    ax.set_title("Distance from the seed")
+    return _plot_png(fig)
+
+
 def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
     """Render the report page from the store and an already computed summary."""
     import jinja2
@@ -178,6 +213,7 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
     triggered = [r for r in records if r.status is SeedStatus.triggered]
     flaky = [r for r in records if r.status is SeedStatus.flaky]
     shown = (triggered + flaky)[:MAX_GALLERY_INPUTS]
+    minimized = store.minimized()
     context = {
         "title": f"dflare-edge report: {summary['config'].get('algo', '')}",
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -185,7 +221,9 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
         "summary": summary,
         "config": summary["config"],
         "targets": {role: target_rows(t) for role, t in summary["per_target"].items()},
-        "gallery": [_gallery_item(r) for r in shown],
+        "gallery": [_gallery_item(r, minimized.get((r.seed_index, r.n))) for r in shown],
+        "analysis": summary["analysis"],
+        "distance_plot": distance_plot(summary["analysis"]["l2_histogram"]),
         "hidden_inputs": len(records) - len(shown),
         "plots": plots(store),
         "image_px": IMAGE_DISPLAY_PX,

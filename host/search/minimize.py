@@ -232,8 +232,10 @@ class Minimizer:
         keep &= np.any(flat != current, axis=1)
         rows = np.flatnonzero(keep)
         if rows.size:  # drop duplicates (rounding can make blend factors collide)
-            _, first = np.unique(flat[rows], axis=0, return_index=True)
-            rows = rows[np.sort(first)]
+            first: dict[bytes, int] = {}
+            for r in rows:
+                first.setdefault(flat[r].tobytes(), int(r))
+            rows = np.asarray(sorted(first.values()), dtype=np.int64)
         if limit:
             rows = rows[: self.affordable()]
         if rows.size == 0:

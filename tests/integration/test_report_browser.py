@@ -49,8 +49,14 @@ def test_report_renders_without_console_errors(campaign: Path, tmp_path: Path) -
     for record in inputs:
         assert f'id="input-{record.seed_index}-{record.n}"' in page.dom
     # Every inlined image is a valid PNG (a broken data URI would render as an empty box, silently).
+    # the analysis: flip table, per-class rates, distance histogram; minimized inputs beside the raw ones
+    for anchor in ('id="flip-table"', 'id="per-class"', 'id="distance-histogram"', 'id="operators"'):
+        assert anchor in page.dom
+    triggered = [i for i in inputs if i.status.value == "triggered"]
+    assert page.dom.count('alt="minimized mutant"') == len(triggered) > 0
     uris = _DATA_URI.findall(page.dom)
-    assert len(uris) >= 2 + 3 * len(inputs)  # two plots; seed, mutant and difference per input
+    # three plots; seed, raw mutant and difference per input; minimized mutant and its difference per triggered one
+    assert len(uris) >= 3 + 3 * len(inputs) + 2 * len(triggered)
     for uri in uris:
         Image.open(io.BytesIO(base64.b64decode(uri))).verify()
     # The screenshot is a real rendering, not a blank page.
