@@ -366,45 +366,41 @@ def _median_blur(images: np.ndarray, kernel: int) -> np.ndarray:
     if kernel == 1:
         return images.copy()
     r = kernel // 2
-    padded = _pad(images, r, r, "edge")
-    if len(images) < _MEDIAN_NETWORK_MIN_IMAGES.get(kernel, 1):
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
-        flat = windows.reshape(*windows.shape[:4], kernel * kernel)
-        middle = (kernel * kernel) // 2
-        return np.partition(flat, middle, axis=-1)[..., middle].astype(np.uint8)
-    return _median_by_network(padded, kernel, images.shape)
-
-
-#: Batches from which the sorting network beats ``np.partition`` (its cost is mostly per comparator,
-#: ~450 for 7x7, so it pays off from a few images; measured on x86-64 with numpy 2.x).
-_MEDIAN_NETWORK_MIN_IMAGES: dict[int, int] = {3: 1, 5: 1, 7: 2}
+    return _median_by_network(_pad(images, r, r, "edge"), kernel, images.shape)
 
 
 def _median_by_network(padded: np.ndarray, kernel: int, shape: tuple[int, ...]) -> np.ndarray:
     """Median of every k x k window with a pruned Batcher sorting network over whole planes.
 
-    Each of the k*k window offsets is one plane (the shifted image); the network's comparators are
-    elementwise min/max over planes, so the work is vectorized over every pixel of the batch.
-    Planes are padded to a power of two with as many 0s below as 255s above, which keeps the
-    median at a known wire.
+    Each of the k*k window offsets is one plane (the shifted image, copied as rows of W*C
+    contiguous values, so the copies run at memory speed even for 3-channel images); the network's
+    comparators are elementwise min/max over planes into a reused scratch plane, so the work is
+    vectorized over every pixel of the batch with no allocation per comparator.
     """
-    n_wires, n_low, target, comparators = _median_network(kernel * kernel)
-    h, w = shape[1:3]
-    planes = [np.ascontiguousarray(padded[:, dy : dy + h, dx : dx + w, :])
-              for dy in range(kernel) for dx in range(kernel)]
-    planes += [np.zeros_like(planes[0]) for _ in range(n_low)]
-    planes += [np.full_like(planes[0], 255) for _ in range(n_wires - len(planes))]
+    target, comparators = _median_network(kernel * kernel)
+    n, h, w, c = shape
+    rows = padded.reshape(n, h + kernel - 1, (w + kernel - 1) * c)
+    planes = [rows[:, dy : dy + h, dx * c : (dx + w) * c].copy() for dy in range(kernel) for dx in range(kernel)]
+    scratch = np.empty_like(planes[0])
+    minimum, maximum = np.minimum, np.maximum
     for i, j in comparators:
-        low = np.minimum(planes[i], planes[j])
-        np.maximum(planes[i], planes[j], out=planes[j])
-        planes[i] = low
-    return planes[target]
+        low, high = planes[i], planes[j]
+        minimum(low, high, out=scratch)
+        maximum(low, high, out=high)
+        planes[i], scratch = scratch, low
+    return planes[target].reshape(shape)
 
 
 @functools.cache
-def _median_network(values: int) -> tuple[int, int, int, tuple[tuple[int, int], ...]]:
-    """(wires, low pads, median wire, comparators) of Batcher's odd-even merge sort, pruned to
-    the comparators the median wire depends on."""
+def _median_network(values: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """(median wire, comparators) of Batcher's odd-even merge sort over ``values`` wires, pruned to
+    the comparators the median wire depends on.
+
+    Batcher's network needs a power of two of wires: the values are padded with as many 0s below as
+    255s above, which keeps the median at a known wire. A comparator (i < j) only ever leaves the
+    0s on the lowest wires and the 255s on the highest, so every comparator touching a pad wire is
+    a no-op: those are dropped, and the pads never exist (wires are renumbered to 0..values-1).
+    """
     n = 1
     while n < values:
         n *= 2
@@ -423,10 +419,10 @@ def _median_network(values: int) -> tuple[int, int, int, tuple[tuple[int, int], 
     target = n_low + values // 2  # real values sit between n_low zeros and the 255s
     needed, kept = {target}, []
     for i, j in reversed(comparators):
-        if i in needed or j in needed:
-            kept.append((i, j))
+        if (i in needed or j in needed) and n_low <= i and j < n_low + values:
+            kept.append((i - n_low, j - n_low))
             needed.update((i, j))
-    return n, n_low, target, tuple(reversed(kept))
+    return target - n_low, tuple(reversed(kept))
 
 
 _BLURS = {"box_blur": _box_blur, "gaussian_blur": _gaussian_blur, "median_blur": _median_blur}

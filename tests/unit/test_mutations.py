@@ -235,12 +235,13 @@ def test_median_blur_sorting_network_equals_the_plain_median(kernel):
     rng = np.random.default_rng(kernel)
     images = rng.integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
     images[0] = rng.integers(0, 3, (9, 7, 3))  # many ties
+    images[1] = rng.choice(np.array([0, 255], np.uint8), (9, 7, 3))  # the values the network's pads stand for
     r = kernel // 2
     padded = np.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
     expected = np.median(windows.reshape(*windows.shape[:4], -1), axis=-1).astype(np.uint8)
-    batched = apply(images, [MutationStep("median_blur", {"kernel": kernel})] * 4)  # network path
+    batched = apply(images, [MutationStep("median_blur", {"kernel": kernel})] * 4)
     single = np.stack([apply(images[i : i + 1], [MutationStep("median_blur", {"kernel": kernel})])[0]
-                       for i in range(4)])  # partition path for 7x7
+                       for i in range(4)])  # one image per call
     np.testing.assert_array_equal(batched, expected)
     np.testing.assert_array_equal(single, expected)
