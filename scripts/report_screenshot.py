@@ -21,8 +21,8 @@ from host.cli import main as dflare  # noqa: E402
 from tests.agent_support import start_agent  # noqa: E402
 from tests.chromium import render  # noqa: E402
 
-#: Tall enough to show the header, the summary, the plots and the first gallery entries.
-WINDOW_PX = (1280, 3000)
+#: Tall enough to show the header, the summary, the plots, the analysis and the first gallery entries.
+WINDOW_PX = (1280, 3600)
 
 
 def main(argv: list[str] | None = None) -> int:
