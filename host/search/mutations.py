@@ -258,30 +258,39 @@ def _speckle_noise(images: np.ndarray, params: list[dict]) -> np.ndarray:
 
 def _set_values(images: np.ndarray, passes: list[list[tuple[Sequence[int], Any]]]) -> np.ndarray:
     """Assign values at flat positions, row by row, in passes (a later pass, or a later position in
-    a pass, overrides an earlier one at the same position, as a sequential loop would)."""
+    a pass, overrides an earlier one at the same position, as a sequential loop would).
+
+    A pass's value is one int for all its positions or one value per position. All rows and passes
+    are gathered into flat lists first and assigned with one fancy assignment.
+    """
     out = images.copy()
     flat = out.reshape(len(out), -1)
     size = flat.shape[1]
-    for pass_no in range(max((len(p) for p in passes), default=0)):
-        rows, positions, values = [], [], []
+    rows: list[int] = []
+    positions: list[int] = []
+    values: list[int] = []
+    for pass_no in range(max((len(p) for p in passes), default=0)):  # pass-major: later passes come later
         for row, assignments in enumerate(passes):
             if pass_no >= len(assignments):
                 continue
             indices, value = assignments[pass_no]
-            idx = np.asarray(indices, dtype=np.int64)
-            rows.append(np.full(idx.size, row, dtype=np.int64))
-            positions.append(idx)
-            values.append(np.broadcast_to(np.asarray(value, dtype=np.uint8), idx.shape))
-        if not rows:
-            continue
-        row_ix, pos, val = np.concatenate(rows), np.concatenate(positions), np.concatenate(values)
-        if pos.size and (pos.min() < 0 or pos.max() >= size):
-            raise MutationError(f"pixel index out of range for an image of {size} values")
-        # keep the last assignment to each (row, position): fancy assignment does not promise an order
-        keys = row_ix * size + pos
-        _, last = np.unique(keys[::-1], return_index=True)
-        keep = keys.size - 1 - last
-        flat[row_ix[keep], pos[keep]] = val[keep]
+            count = len(indices)
+            positions.extend(indices)
+            rows.extend([row] * count)
+            values.extend([value] * count if isinstance(value, (int, np.integer)) else value)
+    if not positions:
+        return out
+    row_ix, pos = np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+    val = np.asarray(values, dtype=np.uint8)
+    if val.shape != pos.shape:
+        raise MutationError(f"{val.size} values for {pos.size} pixel positions: give one value per position")
+    if pos.min() < 0 or pos.max() >= size:
+        raise MutationError(f"pixel index out of range for an image of {size} values")
+    # keep the last assignment to each (row, position): fancy assignment does not promise an order
+    keys = row_ix * size + pos
+    _, last = np.unique(keys[::-1], return_index=True)
+    keep = keys.size - 1 - last
+    flat[row_ix[keep], pos[keep]] = val[keep]
     return out
 
 
@@ -290,12 +299,12 @@ def _salt_pepper(images: np.ndarray, params: list[dict]) -> np.ndarray:
 
 
 def _pixel_change(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    return _set_values(images, [[(p["indices"], np.asarray(p["values"], dtype=np.uint8))] for p in params])
+    return _set_values(images, [[(p["indices"], p["values"])] for p in params])
 
 
 def _crossover(images: np.ndarray, params: list[dict]) -> np.ndarray:
     """Genes taken from the other parent (DiffChaser): the differing values, stored concretely."""
-    return _set_values(images, [[(p["indices"], np.asarray(p["values"], dtype=np.uint8))] for p in params])
+    return _set_values(images, [[(p["indices"], p["values"])] for p in params])
 
 
 _POINTWISE = {
@@ -320,19 +329,23 @@ def _border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     return np.where(idx < n, idx, period - idx)
 
 
+@functools.cache
+def _pad_indices(h: int, w: int, before: int, after: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row index column, column index row) for :func:`_pad`; a handful of shapes, so cached."""
+    return _border_index(h, before, after, mode)[:, None], _border_index(w, before, after, mode)[None, :]
+
+
 def _pad(images: np.ndarray, before: int, after: int, mode: str) -> np.ndarray:
     """Pad H and W like ``np.pad(mode=mode)``, by fancy indexing (much cheaper for small images)."""
-    h, w = images.shape[1:3]
-    rows = _border_index(h, before, after, mode)
-    cols = _border_index(w, before, after, mode)
-    return images[:, rows[:, None], cols[None, :], :]
+    rows, cols = _pad_indices(images.shape[1], images.shape[2], before, after, mode)
+    return images[:, rows, cols, :]
 
 
 def _separable(images: np.ndarray, taps: Sequence[float], anchor: int) -> np.ndarray:
     """Correlate H then W with ``taps`` (reflect-101 border) in float64; round half to even."""
     k = len(taps)
     h, w = images.shape[1:3]
-    padded = _pad(images.astype(np.float64), anchor, k - 1 - anchor, "reflect")
+    padded = _pad(images, anchor, k - 1 - anchor, "reflect").astype(np.float64)
     rows = sum(t * padded[:, i : i + h, :, :] for i, t in enumerate(taps))
     cols = sum(t * rows[:, :, i : i + w, :] for i, t in enumerate(taps))
     return np.clip(np.rint(cols), 0, 255).astype(np.uint8)
@@ -346,7 +359,7 @@ def _box_blur(images: np.ndarray, kernel: int) -> np.ndarray:
     k = kernel
     h, w = images.shape[1:3]
     anchor = k // 2
-    padded = _pad(images.astype(np.int64), anchor, k - 1 - anchor, "reflect")
+    padded = _pad(images, anchor, k - 1 - anchor, "reflect").astype(np.uint16)  # sums <= 25 * 255
     rows = sum(padded[:, i : i + h, :, :] for i in range(k))
     total = sum(rows[:, :, i : i + w, :] for i in range(k))
     return np.clip(np.rint(total / float(k * k)), 0, 255).astype(np.uint8)

@@ -245,3 +245,16 @@ def test_median_blur_sorting_network_equals_the_plain_median(kernel):
                        for i in range(4)])  # one image per call
     np.testing.assert_array_equal(batched, expected)
     np.testing.assert_array_equal(single, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 1), (5, 1, 1), (2, 3, 3)])
+def test_median_blur_of_tiny_images_equals_the_plain_median(shape):
+    # one-row images once made the network's window planes alias each other (no copy of a contiguous view)
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (1, *shape), dtype=np.uint8)
+    for kernel in (3, 5, 7):
+        r = kernel // 2
+        padded = np.pad(image, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
+        expected = np.median(windows.reshape(*windows.shape[:4], -1), axis=-1).astype(np.uint8)
+        np.testing.assert_array_equal(apply(image, [MutationStep("median_blur", {"kernel": kernel})]), expected)
