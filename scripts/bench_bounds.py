@@ -49,7 +49,9 @@ def measure(name: str, compressed: str, bound: tuple[str, ...], limit: int, max_
 
 
 def _f(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    if value is None:
+        return "-"
+    return format(value, fmt[:-1]) + "%" if fmt.endswith("%") else format(value, fmt)
 
 
 def render(rows: list[dict], limit: int, max_queries: int) -> str:
@@ -70,7 +72,7 @@ def render(rows: list[dict], limit: int, max_queries: int) -> str:
         lines.append(
             f"| {r['pair']} | {r['bound']} | {r['triggered']} / {r['seeds']} | {100 * r['success_rate']:.0f}% | "
             f"{_f(r['queries_per_trigger'], '.0f')} | {_f(r['median_l2_before'], '.0f')} -> "
-            f"{_f(r['median_l2_after'], '.0f')} | {_f(reduction, '.0f')}% | "
+            f"{_f(r['median_l2_after'], '.0f')} | {_f(reduction, '.0f%')} | "
             f"{_f(r['max_linf_raw'], '.0f')} / {_f(r['max_linf_minimized'], '.0f')} | "
             f"{_f(r['minimize_queries'], '.0f')} |")
     lines += [
@@ -81,6 +83,13 @@ def render(rows: list[dict], limit: int, max_queries: int) -> str:
         "sees an unchanged image. `extra.bound` of each seed counts evaluated, projected and rejected mutants.",
         "Minimization queries are stored per input (`minimized` table, `summary.json` "
         "`analysis.minimization`) and never added to the search figures.",
+        "",
+        "Reading it: an 8-grey-level ball around the seed leaves little to find on these small digit models "
+        "(the raw, unbounded triggering inputs are heavy noise: L-inf 255); where bounded runs do find inputs "
+        "they are within the bound before and after minimization (max L-inf column). Minimization cuts the "
+        "distance most where the two models' boundaries part widely (int8); for dynamic-range quantization, "
+        "whose boundaries nearly coincide with the float model's, the band of disagreement is thin and the "
+        "boundary walk rarely lands in it, so the reduction is small.",
         "",
     ]
     return "\n".join(lines)
@@ -104,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=5000)
     parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--rows", type=Path, help="render rows measured earlier (JSON lines) instead of measuring")
     args = parser.parse_args(argv)
-    rows = []
+    rows: list[dict] = []
+    if args.rows is not None:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")]
     with tempfile.TemporaryDirectory(prefix="dflare-bench-bounds-") as tmp:
-        for name, compressed in PAIRS:
+        for name, compressed in PAIRS if not rows else ():
             for bound in BOUNDS:
                 out = Path(tmp) / f"{name}-{compressed}-{len(bound)}"
                 rows.append(measure(name, compressed, bound, args.limit, args.max_queries, out))
