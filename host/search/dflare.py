@@ -132,6 +132,24 @@ class NoveltyCorpus:
         diff = self._data[: self.size] - np.asarray(vector, dtype=np.float32)
         return float(np.einsum("ij,ij->i", diff, diff).min())
 
+    def nearest_sq_distances(self, vectors: np.ndarray) -> np.ndarray:
+        """Squared L2 distance of each row of ``vectors`` to its nearest stored vector (inf when empty).
+
+        Bit for bit what :meth:`nearest_sq_distance` gives row by row (the same einsum reduction per
+        pair), so a decision never depends on how many vectors are scored together. Works in chunks
+        of rows whose temporaries stay under ``MAX_CORPUS_BYTES``.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.size == 0:
+            return np.full(len(vectors), np.inf)
+        data = self._data[: self.size]
+        rows = max(1, MAX_CORPUS_BYTES // max(1, data.nbytes))
+        out = np.empty(len(vectors), dtype=np.float64)
+        for start in range(0, len(vectors), rows):
+            diff = data[None, :, :] - vectors[start : start + rows, None, :]
+            out[start : start + rows] = np.einsum("kij,kij->ki", diff, diff).min(axis=1)
+        return out
+
     def add(self, vector: np.ndarray) -> None:
         if self.size < self.capacity and self.size == len(self._data):
             grown = np.empty((min(self.capacity, 2 * len(self._data)), self.dim), dtype=np.float32)
@@ -241,15 +259,42 @@ class DFlareSearcher:
         return self.rng.bit_generator.state, self.selector.uses.copy(), self.selector.proposals
 
     def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
-        """Score the next pending candidates in order; stop at the first kept one (see ``searcher.py``)."""
-        if not self._pending:
+        """Score the next pending candidates in order; stop at the first kept one (see ``searcher.py``).
+
+        All rows are scored in one numpy pass against the state before them: a rejected candidate
+        changes no state (it is not novel, so it never joined the corpus), so row j's verdict in
+        the one-at-a-time loop is its verdict against that state, up to the first kept row. The
+        rule is :func:`improves`, vectorized.
+        """
+        if not self._pending or not candidates:
             return 0
-        for j, candidate in enumerate(candidates):
-            self._consumed += 1
-            if self._observe_one(candidate, probs_original[j], probs_compressed[j]):
-                self.end_step()  # later candidates were mutations of the image just replaced
-                return j + 1
-        return len(candidates)
+        n = len(candidates)
+        probs_original, probs_compressed = probs_original[:n], probs_compressed[:n]
+        if self.config.faithful:
+            diffs = (probs_original.max(axis=1) - probs_compressed.max(axis=1)).astype(np.float64)
+        else:
+            label = self.seed.label
+            diffs = (probs_original[:, label] - probs_compressed[:, label]).astype(np.float64)
+        change = np.abs(diffs) - abs(self.best.diff)
+        kept = np.abs(change) > self.config.diff_threshold if self.config.faithful \
+            else change > self.config.diff_threshold
+        vectors = None
+        if self.corpus is not None:
+            vectors = np.concatenate([probs_original, probs_compressed], axis=1)
+            novel = self.corpus.nearest_sq_distances(vectors) > self.corpus.threshold
+            kept |= novel
+        hits = np.flatnonzero(kept)
+        if not hits.size:
+            self._consumed += n
+            return n
+        j = int(hits[0])
+        self._consumed += j + 1
+        is_novel = vectors is not None and bool(novel[j])
+        if is_novel:
+            self.corpus.add(vectors[j])  # type: ignore[union-attr]
+        self._keep(candidates[j], Fitness(is_novel, float(diffs[j])))
+        self.end_step()  # later candidates were mutations of the image just replaced
+        return j + 1
 
     @property
     def proposal_open(self) -> bool:
@@ -271,14 +316,8 @@ class DFlareSearcher:
         self._snapshots = []
         self._pending = 0
 
-    def _observe_one(self, candidate: Candidate, probs_original: np.ndarray, probs_compressed: np.ndarray) -> bool:
-        """Score one candidate; keep it if it improves the fitness. A rejected one changes no state."""
-        novel = False
-        if self.corpus is not None:
-            novel, _ = self.corpus.update(np.concatenate([probs_original, probs_compressed]))
-        fitness = Fitness(novel, self._diff(probs_original, probs_compressed))
-        if not improves(fitness, self.best, self.config.faithful, self.config.diff_threshold):
-            return False
+    def _keep(self, candidate: Candidate, fitness: Fitness) -> None:
+        """Make a kept candidate the current image."""
         assert candidate.image is not None
         self.best = fitness
         self.current = candidate.image
@@ -286,7 +325,6 @@ class DFlareSearcher:
         self.last_op = candidate.tag
         self.selector.record_success(candidate.tag)
         self.accepted += 1
-        return True
 
     def stats(self) -> dict:
         return {

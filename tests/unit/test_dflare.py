@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from host.search import mutations
+from host.search import dflare, mutations
 from host.search.dflare import (
     DFlareConfig,
     DFlareSearcher,
@@ -137,6 +137,19 @@ def test_novelty_nearest_neighbour_is_exact():
     for q in rng.random((20, 20)).astype(np.float32):
         brute = min(float(np.sum((s - q) ** 2)) for s in stored)
         assert corpus.nearest_sq_distance(q) == pytest.approx(brute, rel=1e-5)
+
+
+def test_batched_novelty_distances_equal_the_one_at_a_time_ones_bit_for_bit(monkeypatch):
+    rng = np.random.default_rng(1)
+    corpus = NoveltyCorpus(dim=20)
+    for v in rng.dirichlet(np.ones(20), 257).astype(np.float32):
+        corpus.add(v)
+    queries = rng.dirichlet(np.ones(20), 16).astype(np.float32)
+    one_by_one = [corpus.nearest_sq_distance(q) for q in queries]
+    assert corpus.nearest_sq_distances(queries).tolist() == one_by_one
+    monkeypatch.setattr(dflare, "MAX_CORPUS_BYTES", 3 * 257 * 20 * 4)  # chunks of 3 rows
+    assert corpus.nearest_sq_distances(queries).tolist() == one_by_one
+    assert NoveltyCorpus(dim=20).nearest_sq_distances(queries).tolist() == [float("inf")] * 16
 
 
 def test_novelty_corpus_memory_is_bounded():
