@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"(default {DEFAULT_HOLDOUT_FRACTION})")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the split and fine-tuning")
     p.add_argument("--trigger-copies", type=int, default=DEFAULT_TRIGGER_COPIES, metavar="N",
-                   help=f"times each triggering input appears in the repair set (default {DEFAULT_TRIGGER_COPIES})")
+                   help="times each triggering input appears in the repair set; 0 fine-tunes on the seeds only, "
+                   f"an ablation (default {DEFAULT_TRIGGER_COPIES})")
     p.add_argument("--seeds", type=Path, metavar="S", help="the campaign's seeds, if moved since the campaign ran")
     p.add_argument("--original", type=Path, metavar="O.tflite", help="the campaign's original model, if moved")
     p.add_argument("--compressed", type=Path, metavar="C.tflite", help="the campaign's compressed model, if moved")

@@ -194,13 +194,14 @@ def build_repair_set(triggers: list[TriggeringInput], seed_images: np.ndarray, s
         triggers: the repair part of the triggering inputs.
         seed_images: uint8 (N, H, W, C) seeds, kept so the fine-tuned model keeps its accuracy.
         seed_labels: the seeds' labels (dataset labels, or the original model's predictions).
-        trigger_copies: how many times each triggering input appears (weights them against the seeds).
+        trigger_copies: how many times each triggering input appears (weights them against the seeds;
+            0 leaves them out, for an ablation).
 
     Raises:
-        ConfigError: ``trigger_copies`` below 1, or labels that do not match the seeds.
+        ConfigError: negative ``trigger_copies``, or labels that do not match the seeds.
     """
-    if trigger_copies < 1:
-        raise ConfigError(f"trigger copies must be 1 or more, got {trigger_copies}")
+    if trigger_copies < 0:
+        raise ConfigError(f"trigger copies must be 0 or more, got {trigger_copies}")
     if len(seed_labels) != len(seed_images):
         raise ConfigError(f"{len(seed_labels)} seed labels for {len(seed_images)} seed images")
     shape = tuple(seed_images.shape[1:])

@@ -91,7 +91,9 @@ def test_repair_set_labels_triggers_with_the_original_and_keeps_the_seeds(campai
             assert rs.seed_index[row] == t.seed_index
     assert np.array_equal(rs.x[-N_SEEDS:], data.seeds.x) and np.array_equal(rs.y[-N_SEEDS:], data.seeds.y)
     with pytest.raises(ConfigError, match="copies"):
-        dataset.build_repair_set(repair, data.seeds.x, data.seeds.y, trigger_copies=0)
+        dataset.build_repair_set(repair, data.seeds.x, data.seeds.y, trigger_copies=-1)
+    seeds_only = dataset.build_repair_set(repair, data.seeds.x, data.seeds.y, trigger_copies=0)
+    assert seeds_only.count(dataset.SOURCE_TRIGGER) == 0 and np.array_equal(seeds_only.x, data.seeds.x)
 
 
 def test_export_writes_npz_and_lossless_png_with_labels(campaign: Path, tmp_path: Path) -> None:
