@@ -139,7 +139,11 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, target_args: list[str]
             record = by_seed[int(case.get("name").removeprefix("seed_"))]
             assert failure.get("message") == (
                 f"original label {record.label_original} != compressed label {record.label_compressed}")
-    assert sorted(p.name for p in (out / "inputs").glob("*.png")) == sorted(f"{r.stem}.png" for r in inputs)
+    pngs = sorted(p.name for p in (out / "inputs").glob("*.png"))
+    assert [n for n in pngs if not n.endswith("_min.png")] == sorted(f"{r.stem}.png" for r in inputs)
+    # every triggering input was minimized (the killed run's ones too, on resume)
+    assert [n for n in pngs if n.endswith("_min.png")] == sorted(f"{r.stem}_min.png" for r in inputs
+                                                                if r.status.value == "triggered")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
