@@ -7,6 +7,8 @@ messages to calls on :class:`~device_agent.sessions.SessionManager` and
 the single table :data:`STATUS_BY_ERROR`.
 """
 
+# ruff: noqa: E402 - grpc_env.apply() must run before the first `import grpc` (see below)
+
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +24,10 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
+
+from device_agent import grpc_env
+
+grpc_env.apply()  # before the first `import grpc`: gRPC core reads its settings then
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -14,6 +14,8 @@ A model is uploaded only when the agent lacks its digest: ``load`` asks for the 
 first and sends the bytes only on NOT_FOUND.
 """
 
+# ruff: noqa: E402 - grpc_env.apply() must run before the first `import grpc` (see below)
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +25,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
+
+from device_agent import grpc_env
+
+grpc_env.apply()  # before the first `import grpc`: fewer thread hops per call (see device_agent/grpc_env.py)
 
 import grpc
 import numpy as np
