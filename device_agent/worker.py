@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import mmap
 import os
 import signal
@@ -360,7 +361,7 @@ class Worker:
             offset = self._slots[slot].input_bytes
             outputs = []
             for shape in shapes:
-                nbytes = int(np.prod(shape)) * 4
+                nbytes = math.prod(shape) * 4  # math.prod: np.prod costs ~10 us per call
                 outputs.append((tuple(shape), bytes(view[offset : offset + nbytes])))
                 offset += nbytes
             future.set_result(InferResult(outputs, invoke_us, run_us))
@@ -493,7 +494,7 @@ class _ChildState:
 
             ctypes.string_at(0)  # reads address 0: SIGSEGV
         mapping = self.maps[index]
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         images = np.frombuffer(mapping, dtype=np.dtype(dtype), count=count).reshape(shape)
         start = time.perf_counter_ns()
         outputs = self.runner.infer_all(images)

@@ -19,6 +19,7 @@ first and sends the bytes only on NOT_FOUND.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -184,10 +185,12 @@ class RemoteSession:
         outputs = []
         for tensor in response.outputs:
             shape = tuple(int(d) for d in tensor.shape)
-            if tensor.dtype != agent_pb2.DATA_TYPE_FLOAT32 or len(tensor.data) != 4 * int(np.prod(shape)):
+            data = tensor.data  # each read of a bytes field makes a new bytes object: read it once
+            if tensor.dtype != agent_pb2.DATA_TYPE_FLOAT32 or len(data) != 4 * math.prod(shape):
                 raise ProtocolError(self.target, f"{self.model.name}: the agent sent an output of "
-                                                 f"{len(tensor.data)} bytes for shape {shape}, dtype {tensor.dtype}")
-            outputs.append(np.frombuffer(tensor.data, dtype=np.float32).reshape(shape).copy())
+                                                 f"{len(data)} bytes for shape {shape}, dtype {tensor.dtype}")
+            # The copy makes the array writable and independent of the response message.
+            outputs.append(np.frombuffer(data, dtype=np.float32).reshape(shape).copy())
         if not outputs:
             raise ProtocolError(self.target, f"{self.model.name}: the agent returned no outputs")
         return outputs
