@@ -143,7 +143,7 @@ def _runs(local, remote, images: np.ndarray) -> dict[str, Callable[[], int]]:
 
 
 def bench_model(model: Path, target: RemoteTarget, agent_pid: int, delegate: str, threads: int,
-                seconds: float) -> list[dict]:
+                seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[dict]:
     spec = ModelSpec.from_path(model, delegate=delegate, threads=threads)
     local = LocalTarget().load(spec)
     remote = target.load(spec)
@@ -151,7 +151,7 @@ def bench_model(model: Path, target: RemoteTarget, agent_pid: int, delegate: str
     pids = {"client": os.getpid(), "agent": agent_pid, "worker": workers[0] if len(workers) == 1 else None}
     rows = []
     try:
-        for batch in BATCH_SIZES:
+        for batch in batch_sizes:
             images = images_for(model, batch)
             runs = _runs(local, remote, images)
             for run in runs.values():
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="interpreter threads for all paths (default 1: the raw path is single-threaded too)")
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per path per batch size")
+    parser.add_argument("--batches", default=",".join(map(str, BATCH_SIZES)),
+                        help="comma-separated batch sizes (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of rows")
     args = parser.parse_args(argv)
     models = sorted(MODELS_DIR.glob("*.tflite"))
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             with RemoteTarget(uri, token=token) as target:
                 rows = []
                 for model in models:
-                    rows += bench_model(model, target, process.pid, args.delegate, args.threads, args.seconds)
+                    rows += bench_model(model, target, process.pid, args.delegate, args.threads, args.seconds,
+                                        tuple(int(b) for b in args.batches.split(",")))
                     if not args.json:
                         print(f"measured {model.stem}", file=sys.stderr)
         finally:
