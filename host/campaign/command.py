@@ -136,5 +136,10 @@ def print_outcome(outcome: CampaignOutcome, as_json: bool) -> None:
     print(f"triggered: {s['triggered']} ({100 * s['success_rate']:.1f}%), flaky: {s['flaky']}, "
           f"exhausted: {s['exhausted']}")
     print(f"queries per trigger: {qpt}; seconds per trigger: {spt}; total queries: {s['total_queries']}")
+    m = s.get("analysis", {}).get("minimization", {})
+    if m.get("inputs") and m.get("median_l2_before"):
+        print(f"minimized: {m['inputs']} input(s), median L2 from the seed {m['median_l2_before']:.0f} -> "
+              f"{m['median_l2_after']:.0f} ({100 * m['median_l2_reduction']:.0f}% smaller), "
+              f"{m['mean_queries']:.0f} minimization queries each (not in the figures above)")
     print(f"report: {outcome.reports.report_html}")
     print(f"summary: {outcome.reports.summary_json}  junit: {outcome.reports.junit_xml}")
