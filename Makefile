@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint unit demo protos protos-check fixtures bench test-board clean
+.PHONY: venv test lint unit demo protos protos-check fixtures bench test-board test-repair clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,12 @@ fixtures: venv
 ## (scripts/emulated_board.sh; needs root or sudo for apt the first time, ~35 s setup, ~40 s run).
 test-board: venv
 	bash scripts/emulated_board.sh all
+
+## make test-repair: install the repair extra (TensorFlow; ~1 min from PyPI) and run the `repair` marker
+## tests (`dflare repair` on the fixture models; ~1-2 min on 2 cores). `make test` skips them without TensorFlow.
+test-repair: venv
+	$(PY) -m pip install --quiet -e '.[repair]'
+	$(PY) -m pytest -q -m repair
 
 bench: venv
 	$(PY) scripts/bench_agent.py
