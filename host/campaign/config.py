@@ -21,17 +21,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from host.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
+from host.toml_file import read_toml
 
 #: Search algorithms a campaign may name (the engine may offer more; see ``known_algorithms``).
 DEFAULT_ALGORITHMS = ("dflare", "diffchaser", "random")
@@ -200,15 +195,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         ConfigError: the file is missing, unreadable, not TOML, or has an unknown key.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"campaign file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read campaign file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"campaign file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "campaign file")
     table = data["campaign"] if isinstance(data.get("campaign"), dict) else data
     values: dict[str, Any] = {}
     for key, value in table.items():

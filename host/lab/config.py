@@ -35,17 +35,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from host.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
+from host.toml_file import read_toml
 
 #: Devices worked on at once: one worker per device; a lab server with many boards still bounds
 #: its own CPU and network use.
@@ -164,15 +159,7 @@ def load_lab_config(path: str | Path) -> LabConfig:
             type, names repeat, or there are no devices or models.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"lab file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read lab file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"lab file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "lab file")
     return _LabParser(path, data).parse()
 
 
