@@ -3,13 +3,13 @@
 # builds of ai-edge-litert, grpcio, protobuf and numpy, executed by qemu-user; then a small host
 # campaign and comparison against it, printing the x86-vs-arm64 disagreement counts.
 #
-# Follows the verified recipe in /work/shared/notes/emulated-arm64-board.md exactly: Debian's
+# Recipe (also in docs/raspberry-pi.md, section 5): Debian's
 # qemu-user-static + mmdebstrap (bookworm arm64, extract variant: no chroot, no binfmt, no KVM), the
 # aarch64 wheels installed natively by pip with several manylinux tags, a fake Raspberry Pi 5
 # /proc/cpuinfo in the root (ai-edge-litert segfaults reading the host's x86 one), and
 # $R/usr/bin/python3.11 called with PYTHONPATH (a venv's python would resolve to the host's x86 one).
 #
-# One addition the note does not need: the agent runs each model in a child interpreter
+# One addition the basic recipe does not need: the agent runs each model in a child interpreter
 # (device_agent/worker.py starts sys.executable), and an emulated process cannot exec an aarch64
 # binary without binfmt_misc. So the agent is started through $BOARD/bin/python3.11, a host shell
 # script that execs qemu; qemu's -0 makes it the guest's argv[0] (so sys.executable), hence the
@@ -33,7 +33,7 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 QEMU_CPU=cortex-a76
 SUITE=bookworm
 # The aarch64 wheels: pip finds ai-edge-litert (manylinux_2_27) and numpy/grpcio (2014/2_17/2_28)
-# only with several tags listed (pitfall 1 of the note).
+# only with several tags listed (pip cannot find the runtimes otherwise).
 PLATFORM_TAGS=(manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_27_aarch64 manylinux_2_28_aarch64
                manylinux_2_34_aarch64)
 
