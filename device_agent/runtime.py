@@ -128,12 +128,20 @@ class Preprocessing:
         return cls(tuple(float(v) for v in data.get("mean", (0.0,))),
                    tuple(float(v) for v in data.get("std", (1.0,))))
 
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """Return float32 ``(images - mean) / std``, broadcasting over the channel axis."""
+    def apply(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Return float32 ``(images - mean) / std``, broadcasting over the channel axis.
+
+        Args:
+            images: uint8 NHWC batch.
+            out: a float32 array of the same shape to write into; a new array if None.
+        """
         channels = images.shape[-1]
         mean = _per_channel(self.mean, channels, "mean")
         std = _per_channel(self.std, channels, "std")
-        out = images.astype(np.float32)
+        if out is None:
+            out = images.astype(np.float32)
+        else:
+            np.copyto(out, images, casting="unsafe")  # uint8 -> float32 is exact, as astype
         out -= mean
         out /= std
         return out
@@ -164,6 +172,51 @@ class TensorSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "scale": self.scale, "zero_point": self.zero_point}
+
+
+def needs_preparation(spec: TensorSpec) -> bool:
+    """True when uint8 images must be normalized or quantized before they fit the model's input."""
+    return not (spec.dtype == "uint8" and not spec.quantized)
+
+
+def prepare_input(images: np.ndarray, spec: TensorSpec, preprocessing: Preprocessing,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Turn a uint8 NHWC batch into the model's input tensor: normalize, then quantize if needed.
+
+    The one definition of the arithmetic, used in the interpreter's process and in the agent
+    (which prepares the next batch while the worker runs the current one), so both give the same
+    bytes.
+
+    Args:
+        images: uint8 NHWC batch.
+        spec: the model's input tensor.
+        preprocessing: the normalization to apply.
+        out: where to write the tensor (shape of ``images``, dtype ``spec.dtype``); a new array if None.
+
+    Raises:
+        InputError: the preprocessing does not fit the images' channel count.
+    """
+    if not needs_preparation(spec):
+        if out is None:
+            return images
+        out[...] = images
+        return out
+    if out is not None and not spec.quantized and out.dtype == np.float32:
+        return preprocessing.apply(images, out=out)  # straight into ``out``: no temporary
+    values = preprocessing.apply(images)
+    if spec.quantized:
+        info = np.iinfo(np.dtype(spec.dtype))
+        values /= spec.scale
+        values += spec.zero_point
+        np.rint(values, out=values)
+        np.clip(values, info.min, info.max, out=values)
+        return values.astype(spec.dtype) if out is None else _copied(values, out)
+    return values.astype(spec.dtype, copy=False) if out is None else _copied(values, out)
+
+
+def _copied(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.copyto(out, values, casting="unsafe")
+    return out
 
 
 def _spec(detail: dict) -> TensorSpec:
@@ -402,18 +455,7 @@ class ModelRunner:
         self._check_batch(images)
         if images.dtype != np.uint8:
             return images  # already a typed tensor in the model's own dtype
-        spec = self.input_spec
-        if spec.dtype == "uint8" and not spec.quantized:
-            return images
-        values = self.preprocessing.apply(images)
-        if spec.quantized:
-            info = np.iinfo(np.dtype(spec.dtype))
-            values /= spec.scale
-            values += spec.zero_point
-            np.rint(values, out=values)
-            np.clip(values, info.min, info.max, out=values)
-            return values.astype(spec.dtype)
-        return values.astype(spec.dtype, copy=False)
+        return prepare_input(images, self.input_spec, self.preprocessing)
 
     def _check_batch(self, images: np.ndarray) -> None:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
@@ -435,9 +477,15 @@ class ModelRunner:
         """
         return self.infer_all(images)[0]
 
-    def infer_all(self, images: np.ndarray) -> list[np.ndarray]:
-        """Run a batch and return every output, dequantized to float32."""
-        tensor = self.prepare(images)
+    def infer_all(self, images: np.ndarray, prepared: bool = False) -> list[np.ndarray]:
+        """Run a batch and return every output, dequantized to float32.
+
+        Args:
+            images: uint8 NHWC images, or a typed tensor in the model's input dtype.
+            prepared: ``images`` is already the model's input tensor (``prepare_input`` ran
+                elsewhere, e.g. in the agent while this process ran the previous batch).
+        """
+        tensor = images if prepared else self.prepare(images)
         n = int(tensor.shape[0])
         if n == 0:
             return [np.zeros((0, *spec.shape[1:]), np.float32) for spec in self.output_specs]
@@ -450,7 +498,7 @@ class ModelRunner:
         # A model whose batch dimension cannot change runs one image at a time.
         per_image, invoke_s = [], 0.0
         for i in range(n):
-            per_image.append(self.infer_all(tensor[i : i + 1]))
+            per_image.append(self.infer_all(tensor[i : i + 1], prepared=True))
             invoke_s += self.last_invoke_s
         self.last_invoke_s = invoke_s
         return [np.concatenate([p[k] for p in per_image]) for k in range(len(self.output_specs))]

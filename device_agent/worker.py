@@ -187,11 +187,13 @@ class Worker:
     Args:
         name: a label for logs and error messages (the model's name and delegate).
         max_batch_bytes: the largest input batch a slot must hold.
+        cpus: CPUs the child runs on (its interpreter threads too); empty: wherever the agent runs.
     """
 
-    def __init__(self, name: str, max_batch_bytes: int) -> None:
+    def __init__(self, name: str, max_batch_bytes: int, cpus: Sequence[int] = ()) -> None:
         self.name = name
         self.max_batch_bytes = max_batch_bytes
+        self.cpus = tuple(int(c) for c in cpus)
         self._conn: Connection | None = None
         self._process: subprocess.Popen | None = None
         self._send_lock = threading.Lock()
@@ -200,6 +202,10 @@ class Worker:
         self._slots: list[_Slot] = []
         self._free_slots: list[int] = []
         self._dead_reason: str | None = None
+        # Set by load(): uint8 batches are normalized/quantized here, straight into the slot, while
+        # the child runs the previous batch (see _write_batch).
+        self._input_spec: runtime.TensorSpec | None = None
+        self._preprocessing = runtime.Preprocessing()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,9 +215,12 @@ class Worker:
         and never re-imports the agent's ``__main__``.
         """
         parent_sock, child_sock = socket.socketpair()
+        command = [sys.executable, "-m", "device_agent.worker", str(child_sock.fileno())]
+        if self.cpus:
+            command.append(",".join(map(str, self.cpus)))
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "device_agent.worker", str(child_sock.fileno())],
+                command,
                 pass_fds=[child_sock.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -251,6 +260,8 @@ class Worker:
         with self._send_lock:
             self._slots = slots
             self._free_slots = list(range(len(slots)))
+        self._input_spec = result.input_spec
+        self._preprocessing = runtime.Preprocessing.from_dict(spec.preprocessing)
         return result
 
     def close(self) -> None:
@@ -298,10 +309,44 @@ class Worker:
                     break
                 oldest = self._pending[0][0]
             self._drive(oldest)  # frees a slot, even one whose caller went away
-        slot = self._slots[index]
-        slot.view[:nbytes] = data
-        what = f"running a batch of shape {tuple(shape)}"
-        return self._call(("infer", index, tuple(int(d) for d in shape), dtype), what, slot=index)
+        shape = tuple(int(d) for d in shape)
+        try:
+            dtype, prepared = self._write_batch(self._slots[index], data, shape, dtype)
+        except BaseException:
+            with self._send_lock:
+                self._free_slots.append(index)
+            raise
+        return self._call(("infer", index, shape, dtype, prepared), f"running a batch of shape {shape}", slot=index)
+
+    def _write_batch(self, slot: _Slot, data: bytes | memoryview, shape: tuple[int, ...],
+                     dtype: str) -> tuple[str, bool]:
+        """Put a batch in a slot; return the dtype written and whether it is the model's input tensor.
+
+        uint8 images are normalized and quantized here, in the caller's thread, rather than in
+        the child: the agent prepares batch k+1 on one core while the interpreter runs batch k on
+        another, and the child's share of the work (its critical path) shrinks to invoke. The
+        arithmetic is :func:`runtime.prepare_input`, the same the child would run, so the bytes
+        are identical. A batch whose tensor would not fit the slot goes as uint8 (the child prepares it).
+
+        Raises:
+            InvalidRequestError: the model's preprocessing does not fit the images.
+        """
+        spec = self._input_spec
+        if dtype == "uint8" and spec is not None and runtime.needs_preparation(spec):
+            itemsize = np.dtype(spec.dtype).itemsize
+            count = math.prod(shape)
+            if count * itemsize <= slot.input_bytes:
+                images = np.frombuffer(data, dtype=np.uint8, count=count).reshape(shape)
+                out = np.frombuffer(slot.map, dtype=spec.dtype, count=count).reshape(shape)
+                try:
+                    runtime.prepare_input(images, spec, self._preprocessing, out=out)
+                except runtime.InputError as exc:
+                    raise InvalidRequestError(str(exc)) from None
+                finally:
+                    del out  # release the slot's buffer export (close() must be able to unmap)
+                return spec.dtype, True
+        slot.view[: len(data)] = data
+        return dtype, False
 
     def infer(self, data: bytes | memoryview, shape: Sequence[int], dtype: str) -> InferResult:
         """Run one batch and wait for it (see :meth:`submit`)."""
@@ -394,11 +439,19 @@ class Worker:
 
 # -- the child process ------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the child: ``python -m device_agent.worker FD`` (FD: its end of the socket pair)."""
+    """Entry point of the child: ``python -m device_agent.worker FD [CPUS]``.
+
+    FD is its end of the socket pair; CPUS (``1,3``) the CPUs to pin itself to before the
+    interpreter starts its threads.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m device_agent.worker FD (started by the agent, not by hand)", file=sys.stderr)
+    if len(args) not in (1, 2) or not args[0].isdigit():
+        print("usage: python -m device_agent.worker FD [CPUS] (started by the agent, not by hand)", file=sys.stderr)
         return 2
+    if len(args) == 2:
+        from device_agent.cpu_affinity import parse_cpu_list, pin
+
+        pin(parse_cpu_list(args[1]))
     _child_main(Connection(int(args[0])))
     return 0
 
@@ -486,7 +539,7 @@ class _ChildState:
                 os.close(fd)
             self.input_bytes.append(input_bytes)
 
-    def _infer(self, index: int, shape: tuple[int, ...], dtype: str) -> tuple:
+    def _infer(self, index: int, shape: tuple[int, ...], dtype: str, prepared: bool = False) -> tuple:
         if self.fault == "abort_on_infer":
             os.abort()
         if self.fault == "segv_on_infer":
@@ -497,7 +550,7 @@ class _ChildState:
         count = math.prod(shape)
         images = np.frombuffer(mapping, dtype=np.dtype(dtype), count=count).reshape(shape)
         start = time.perf_counter_ns()
-        outputs = self.runner.infer_all(images)
+        outputs = self.runner.infer_all(images, prepared=prepared)
         run_us = (time.perf_counter_ns() - start) // 1000
         invoke_us = int(self.runner.last_invoke_s * 1e6)
         offset = self.input_bytes[index]

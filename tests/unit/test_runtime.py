@@ -53,6 +53,25 @@ def test_preprocessing_round_trips_through_dict() -> None:
     assert runtime.Preprocessing.from_dict(pre.to_dict()) == pre
 
 
+@pytest.mark.parametrize("spec", [
+    runtime.TensorSpec("in", (1, 4, 4, 3), "float32"),
+    runtime.TensorSpec("in", (1, 4, 4, 3), "int8", scale=0.0173, zero_point=-3),
+    runtime.TensorSpec("in", (1, 4, 4, 3), "uint8", scale=0.02, zero_point=128),
+    runtime.TensorSpec("in", (1, 4, 4, 3), "float16"),
+    runtime.TensorSpec("in", (1, 4, 4, 3), "uint8"),
+])
+def test_prepare_input_into_a_buffer_gives_the_same_bytes(spec: runtime.TensorSpec) -> None:
+    # The agent prepares batches into shared memory; the bytes must equal the in-process path's.
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    pre = runtime.Preprocessing(mean=(120.5, 3.0, 250.0), std=(60.25, 7.0, 0.5))
+    fresh = runtime.prepare_input(images, spec, pre)
+    out = np.full(images.shape, 7, dtype=spec.dtype)
+    written = runtime.prepare_input(images, spec, pre, out=out)
+    assert written is out
+    assert fresh.dtype.name == spec.dtype and out.tobytes() == fresh.tobytes()
+    assert runtime.needs_preparation(spec) == (spec.dtype != "uint8" or spec.quantized)
+
+
 @pytest.mark.parametrize("content,fragment", [
     (b"", "too short"),
     (b"\x00" * 16, "not a TFLite model"),
