@@ -2,7 +2,8 @@
 
     dflare-agent serve [--host 127.0.0.1] [--port 50051] [--token-file F] [--tls-cert C --tls-key K]
                        [--cache-dir D] [--cache-max-bytes N] [--allow-delegate PATH ...]
-                       [--max-message-bytes N] [--max-batch-bytes N] [--max-sessions N] [--log-level L]
+                       [--max-message-bytes N] [--max-batch-bytes N] [--max-sessions N]
+                       [--worker-cpus LIST] [--log-level L]
 
 Binds loopback by default and refuses a non-loopback address without a token. Once listening it
 prints ``dflare-agent listening on HOST:PORT`` on stdout (the real port when ``--port 0``), which
@@ -23,6 +24,7 @@ from typing import Sequence
 
 from device_agent import __version__
 from device_agent.cache import DEFAULT_CAPACITY_BYTES
+from device_agent.cpu_affinity import check_worker_cpus, format_cpu_list, parse_cpu_list, pin_agent_beside_workers
 from device_agent.server import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "at most --max-message-bytes)")
     serve.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                        help=f"most models loaded at once (default {DEFAULT_MAX_SESSIONS})")
+    serve.add_argument("--worker-cpus", default="", metavar="LIST",
+                       help="run the model workers on these CPUs (e.g. 4-7: a phone's big cores) and the agent's "
+                            "own threads on the others, so serving never preempts an interpreter (Linux/Android)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        type=str.upper, help="log verbosity (default INFO)")
     serve.set_defaults(func=serve_command)
@@ -103,10 +108,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for path in args.allow_delegate:
         if not Path(path).is_file():
             raise ValueError(f"--allow-delegate {path}: no such file")
+    worker_cpus = parse_cpu_list(args.worker_cpus) if args.worker_cpus else ()
+    if worker_cpus:
+        check_worker_cpus(worker_cpus)
     return AgentConfig(host=args.host, port=args.port, token=token, tls_cert=cert, tls_key=key,
                        cache_dir=args.cache_dir, cache_max_bytes=args.cache_max_bytes,
                        allowed_delegates=tuple(args.allow_delegate), max_message_bytes=args.max_message_bytes,
-                       max_batch_bytes=max_batch, max_sessions=args.max_sessions)
+                       max_batch_bytes=max_batch, max_sessions=args.max_sessions, worker_cpus=worker_cpus)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -117,6 +125,10 @@ def serve_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dflare-agent: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if config.worker_cpus:  # before the server starts its threads: they inherit the agent's CPUs
+        agent_cpus = pin_agent_beside_workers(config.worker_cpus)
+        log.info("workers run on CPUs %s, the agent on CPUs %s", format_cpu_list(config.worker_cpus),
+                 format_cpu_list(agent_cpus))
     try:
         agent = create_server(config)
     except RuntimeError as exc:

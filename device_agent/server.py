@@ -132,6 +132,7 @@ class AgentConfig:
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_sessions: int = DEFAULT_MAX_SESSIONS
     handler_threads: int = DEFAULT_HANDLER_THREADS
+    worker_cpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_batch_bytes > self.max_message_bytes:
@@ -379,7 +380,8 @@ def create_server(config: AgentConfig) -> Agent:
     """
     cache_dir = config.cache_dir or default_cache_dir()
     cache = ModelCache(cache_dir, config.cache_max_bytes)
-    sessions = SessionManager(cache, config.max_batch_bytes, config.max_sessions, config.allowed_delegates)
+    sessions = SessionManager(cache, config.max_batch_bytes, config.max_sessions, config.allowed_delegates,
+                              worker_cpus=config.worker_cpus)
     interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),

@@ -83,11 +83,13 @@ class SessionManager:
         max_batch_bytes: the largest input batch accepted, in bytes.
         max_sessions: the most sessions loaded at once.
         allowed_external: library paths ``external:`` delegates may load.
+        worker_cpus: CPUs every worker is pinned to (empty: not pinned).
     """
 
     def __init__(self, cache: ModelCache, max_batch_bytes: int, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 allowed_external: Sequence[str] = ()) -> None:
+                 allowed_external: Sequence[str] = (), worker_cpus: Sequence[int] = ()) -> None:
         self.cache = cache
+        self.worker_cpus = tuple(worker_cpus)
         self.max_batch_bytes = int(max_batch_bytes)
         self.max_sessions = int(max_sessions)
         self.allowed_external = tuple(allowed_external)
@@ -167,7 +169,7 @@ class SessionManager:
                         self.allowed_external, options, fault)
 
     def _start_worker(self, label: str, spec: LoadSpec) -> tuple[Worker, LoadResult]:
-        worker = Worker(label, self.max_batch_bytes)
+        worker = Worker(label, self.max_batch_bytes, self.worker_cpus)
         try:
             worker.start()
             return worker, worker.load(spec)

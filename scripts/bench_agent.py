@@ -18,6 +18,7 @@ from /proc (Linux). CPU time does not depend on how busy the machine is, so it s
 agent path's overhead goes. The load average is printed before and after.
 
     python scripts/bench_agent.py                 # table
+    python scripts/bench_agent.py --worker-cpus 1 # the agent's workers on CPU 1, everything else on the rest
     python scripts/bench_agent.py --json          # one JSON list of {model, batch, path, images_per_s,
                                                   #   cpu_ms_per_batch: {client, agent, worker}}
 """
@@ -42,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from device_agent.cpu_affinity import parse_cpu_list, pin_agent_beside_workers  # noqa: E402
 from host.targets import LocalTarget, ModelSpec  # noqa: E402
 from host.targets.remote import RemoteTarget  # noqa: E402
 
@@ -87,14 +89,15 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def start_agent(workdir: Path) -> tuple[subprocess.Popen, str, str]:
+def start_agent(workdir: Path, worker_cpus: str = "") -> tuple[subprocess.Popen, str, str]:
     token = secrets.token_hex(16)
     (workdir / "token").write_text(token)
     log = open(workdir / "agent.log", "wb")  # noqa: SIM115 - closed with the process
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "device_agent", "serve", "--port", "0", "--token-file", str(workdir / "token"),
-         "--cache-dir", str(workdir / "cache"), "--log-level", "WARNING"],
+         "--cache-dir", str(workdir / "cache"), "--log-level", "WARNING",
+         *(["--worker-cpus", worker_cpus] if worker_cpus else [])],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + AGENT_STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -220,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per path per batch size")
     parser.add_argument("--batches", default=",".join(map(str, BATCH_SIZES)),
                         help="comma-separated batch sizes (default %(default)s)")
+    parser.add_argument("--worker-cpus", default="", metavar="LIST",
+                        help="start the agent with --worker-cpus LIST and run this process (client and raw path) "
+                             "on the other CPUs, as if the host were another machine (Linux)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of rows")
     args = parser.parse_args(argv)
+    if args.worker_cpus:
+        pin_agent_beside_workers(parse_cpu_list(args.worker_cpus))
     models = sorted(MODELS_DIR.glob("*.tflite"))
     if args.models:
         wanted = set(args.models.split(","))
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no fixture models in {MODELS_DIR} (make fixtures)")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        process, uri, token = start_agent(Path(tmp))
+        process, uri, token = start_agent(Path(tmp), args.worker_cpus)
         try:
             with RemoteTarget(uri, token=token) as target:
                 rows = []
@@ -246,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows))
     else:
         load_after = os.getloadavg()
-        print(f"machine: {machine()}; delegate {args.delegate}, threads {args.threads}; load average (1 min) "
+        pinning = f"; workers on CPUs {args.worker_cpus}, agent and client on the others" if args.worker_cpus else ""
+        print(f"machine: {machine()}; delegate {args.delegate}, threads {args.threads}{pinning}; load average (1 min) "
               f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
         print_table(rows)
     return 0

@@ -118,3 +118,34 @@ def test_tls_with_token(agent_factory, tmp_path):
         assert session.infer(images).tobytes() == LocalTarget().load(ModelSpec.from_path(MODEL)).infer(images).tobytes()
     with pytest.raises(TargetUnreachableError):  # a plaintext client cannot talk to a TLS agent
         RemoteTarget(agent.uri, token=agent.token, connect_timeout_s=1.0).info()
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists() or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux /proc and at least two CPUs")
+def test_worker_cpus_pin_workers_and_keep_the_agent_off_them(agent_factory):
+    cpus = sorted(os.sched_getaffinity(0))
+    agent = agent_factory("--worker-cpus", str(cpus[-1]))
+    spec = ModelSpec.from_path(MODEL)
+    images = np.load(SEEDS)["x"][:16]
+    with RemoteTarget(agent.uri, token=agent.token) as target:
+        session = target.load(spec)
+        assert session.infer(images).tobytes() == LocalTarget().load(spec).infer(images).tobytes()
+        (worker_pid,) = _children(agent.pid)
+        assert os.sched_getaffinity(worker_pid) == {cpus[-1]}
+        assert os.sched_getaffinity(agent.pid) == set(cpus[:-1])
+        session.close()
+    assert f"workers run on CPUs {cpus[-1]}" in agent.log()
+
+
+def test_worker_cpus_the_device_lacks_are_refused(tmp_path):
+    result = subprocess.run(agent_command("serve", "--port", "0", "--cache-dir", str(tmp_path), "--worker-cpus",
+                                          "4096"), capture_output=True, text=True, env=agent_env(), timeout=60)
+    assert result.returncode == 2
+    assert "--worker-cpus names CPU 4096" in result.stderr
