@@ -228,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                              "on the other CPUs, as if the host were another machine (Linux)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of rows")
     args = parser.parse_args(argv)
-    if args.worker_cpus:
-        pin_agent_beside_workers(parse_cpu_list(args.worker_cpus))
     models = sorted(MODELS_DIR.glob("*.tflite"))
     if args.models:
         wanted = set(args.models.split(","))
@@ -239,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         process, uri, token = start_agent(Path(tmp), args.worker_cpus)
+        if args.worker_cpus:  # after the agent started: it must still see the workers' CPUs
+            pin_agent_beside_workers(parse_cpu_list(args.worker_cpus))
         try:
             with RemoteTarget(uri, token=token) as target:
                 rows = []

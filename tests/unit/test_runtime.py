@@ -37,6 +37,21 @@ def test_preprocessing_broadcasts_per_channel() -> None:
     assert out[0, 0, 0].tolist() == [100.0, 25.0, 0.0]
 
 
+@pytest.mark.parametrize("mean,std", [((120.5, 3.0, 250.0), (60.25, 7.0, 0.5)), ((127.5,), (127.5,)),
+                                      ((10.0, 10.0, 10.0), (3.0, 3.0, 3.0))])
+def test_preprocessing_equals_the_per_channel_formula_bit_for_bit(mean, std) -> None:
+    images = np.random.default_rng(1).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    expected = np.empty(images.shape, np.float32)
+    for c in range(3):
+        m, s = np.float32(mean[c % len(mean)]), np.float32(std[c % len(std)])
+        expected[..., c] = (images[..., c].astype(np.float32) - m) / s
+    pre = runtime.Preprocessing(mean=mean, std=std)
+    assert pre.apply(images).tobytes() == expected.tobytes()
+    assert pre.apply(images[:, ::2]).tobytes() == np.ascontiguousarray(expected[:, ::2]).tobytes()  # strided input
+    out = np.empty((3, 7, 5, 3), np.float32).transpose(0, 2, 1, 3)  # a non-contiguous destination
+    assert pre.apply(images, out=out).tobytes() == expected.tobytes()
+
+
 def test_preprocessing_rejects_channel_mismatch() -> None:
     images = np.zeros((1, 2, 2, 3), dtype=np.uint8)
     with pytest.raises(runtime.InputError, match="2 values but images have 3 channels"):
