@@ -276,11 +276,14 @@ class Worker:
             except (OSError, ValueError):
                 pass
         try:
-            process.wait(_STOP_TIMEOUT_S)
+            code = process.wait(_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(_REAP_TIMEOUT_S)
-        self._fail_pending("stopped")
+            code = 0  # it ignored "stop": it did not die by itself
+        # A child that died by itself (a crashing model) is reported as such, even when this close
+        # (a restart) wins the race against the reader that would have reported it.
+        self._fail_pending("stopped" if code == 0 else describe_exit(code))
         if self._conn is not None:
             self._conn.close()
         for slot in self._slots:
@@ -312,9 +315,11 @@ class Worker:
         shape = tuple(int(d) for d in shape)
         try:
             dtype, prepared = self._write_batch(self._slots[index], data, shape, dtype)
-        except BaseException:
+        except Exception:
             with self._send_lock:
                 self._free_slots.append(index)
+            if self._dead_reason is not None:  # closed under us (a restart): its slots are gone
+                raise self._crash_error(f"writing a batch of shape {shape}") from None
             raise
         return self._call(("infer", index, shape, dtype, prepared), f"running a batch of shape {shape}", slot=index)
 
