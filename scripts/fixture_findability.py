@@ -49,7 +49,7 @@ def one_shot(original, compressed, x: np.ndarray, draws: int, rng: np.random.Gen
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", action="append", choices=["digits28", "digits32rgb"])
+    parser.add_argument("--name", action="append", choices=["digits28", "digits32rgb", "digits28wide"])
     parser.add_argument("--variant", action="append", choices=["int8", "dynamic", "float16"])
     parser.add_argument("--seeds", type=int, default=50, help="agreeing seeds to search from")
     parser.add_argument("--max-queries", type=int, default=5000, help="search budget per seed")

@@ -13,6 +13,9 @@ Models (data: scikit-learn's bundled 8x8 digits, no download):
     digits28     28x28x1 grayscale, the digit upsampled to 20x20 and centred (MNIST-like).
     digits32rgb  32x32x3, the digit upsampled to 24x24 and composited in a random colour on a
                  random colour-gradient background with a small random shift.
+    digits28wide digits28's images and seeds, a wider batch-normalized CNN trained on shifted and
+                 corrupted copies (noise, blur) and int8-calibrated on clean and corrupted images:
+                 meant as a harder pair (single mutations split it more rarely than digits28).
 
 Every model takes the normalized float image ``(pixel - mean) / std`` (per channel, mean/std in
 pixel units from the training set) and outputs softmax probabilities. The normalization is
@@ -66,6 +69,15 @@ RGB_MIN_CONTRAST = 90.0
 MAX_TOTAL_BYTES = 5 * 1024 * 1024
 #: Keras originals are committed only below this size (the repair feature fine-tunes them).
 MAX_KERAS_BYTES = 500 * 1024
+#: digits28wide: corrupted copies of each training image (plus the clean one), epochs, batch size.
+WIDE_TRAIN_COPIES = 4
+WIDE_EPOCHS = 15
+WIDE_BATCH_SIZE = 64
+#: Corruptions per augmented image (0..this many) and the largest Gaussian noise sigma (grey levels)
+#: in training and in calibration.
+MAX_CORRUPTIONS = 4
+TRAIN_NOISE_SIGMA = 160.0
+CALIBRATION_NOISE_SIGMA = 200.0
 
 @dataclass
 class Dataset:
@@ -145,7 +157,43 @@ def make_digits32rgb(seed: int) -> Dataset:
     return Dataset(x_train, y_train, x_test, labels[test])
 
 
-DATASETS: dict[str, Callable[[int], Dataset]] = {"digits28": make_digits28, "digits32rgb": make_digits32rgb}
+def _corrupt(image: np.ndarray, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+    """Apply 0..MAX_CORRUPTIONS random corruptions to one float (H, W) image in 0..255.
+
+    Gaussian noise (sigma up to ``max_sigma``), Gaussian blur, 3x3/5x5 median, 1% salt and pepper,
+    or multiplicative (speckle) noise, each clipped to 0..255: generic robustness augmentation.
+    """
+    for _ in range(int(rng.integers(0, MAX_CORRUPTIONS + 1))):
+        kind = int(rng.integers(5))
+        if kind == 0:
+            image = image + rng.normal(0.0, rng.uniform(0.0, max_sigma), image.shape)
+        elif kind == 1:
+            image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.5))
+        elif kind == 2:
+            image = ndimage.median_filter(image, int(rng.choice([3, 5])))
+        elif kind == 3:
+            u = rng.random(image.shape)
+            image = np.where(u < 0.01, 255.0, np.where(u > 0.99, 0.0, image))
+        else:
+            image = image + image * rng.normal(rng.uniform(-0.5, 0.5), rng.uniform(0.0, 0.25), image.shape)
+        image = np.clip(image, 0.0, 255.0)
+    return image
+
+
+def corrupted(x: np.ndarray, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+    """Uint8 (N, H, W, 1) images shifted by up to 2 pixels each way, then randomly corrupted."""
+    out = []
+    for im in x:
+        dy, dx = rng.integers(-2, 3, size=2)
+        shifted = np.roll(im[..., 0].astype(np.float32), (int(dy), int(dx)), axis=(0, 1))
+        out.append(np.clip(np.rint(_corrupt(shifted, rng, max_sigma)), 0, 255).astype(np.uint8)[..., None])
+    return np.stack(out)
+
+
+DATASETS: dict[str, Callable[[int], Dataset]] = {"digits28": make_digits28, "digits32rgb": make_digits32rgb,
+                                                 "digits28wide": make_digits28}
+#: Fixtures with the wide model, corruption-augmented training and corrupted calibration images.
+WIDE = frozenset({"digits28wide"})
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -178,6 +226,47 @@ def build_model(shape: tuple[int, int, int]):
         ],
         name="digits_cnn",
     )
+
+
+def build_wide_model(shape: tuple[int, int, int]):
+    """Two conv-BN-ReLU pairs (24), pool, two (48), pool, one (48), global average pool, dense10: ~58k params.
+
+    The batch norms are folded into the convolutions by the TFLite converter.
+    """
+    import keras
+
+    layers: list = [keras.Input(shape=shape, name="image")]
+    for name, filters in (("conv1a", 24), ("conv1b", 24), ("pool1", 0), ("conv2a", 48), ("conv2b", 48),
+                          ("pool2", 0), ("conv3", 48)):
+        if not filters:
+            layers.append(keras.layers.MaxPooling2D(name=name))
+            continue
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name),
+                   keras.layers.BatchNormalization(name=f"{name}_bn"),
+                   keras.layers.ReLU(name=f"{name}_relu")]
+    layers += [keras.layers.GlobalAveragePooling2D(name="gap"),
+               keras.layers.Dense(10, activation="softmax", name="probabilities")]
+    return keras.Sequential(layers, name="digits_wide_cnn")
+
+
+def train_wide(data: Dataset, mean: list[float], std: list[float], seed: int):
+    """Train the wide model on the clean images plus WIDE_TRAIN_COPIES corrupted copies, cosine LR decay."""
+    import keras
+
+    rng = np.random.default_rng(seed + 28)
+    x = np.concatenate([data.x_train] + [corrupted(data.x_train, rng, TRAIN_NOISE_SIGMA)
+                                         for _ in range(WIDE_TRAIN_COPIES)])
+    y = np.concatenate([data.y_train] * (WIDE_TRAIN_COPIES + 1))
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = build_wide_model(data.x_train.shape[1:])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    cosine = keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: 1e-3 * 0.5 * (1.0 + float(np.cos(np.pi * epoch / WIDE_EPOCHS))))
+    model.fit(normalize(x, mean, std), y, epochs=WIDE_EPOCHS, batch_size=WIDE_BATCH_SIZE, shuffle=True,
+              verbose=0, callbacks=[cosine])
+    return model
 
 
 def train(data: Dataset, mean: list[float], std: list[float], seed: int):
@@ -226,14 +315,19 @@ def make(name: str, seed: int, out: Path) -> dict:
     models_dir, seeds_dir = out / "models", out / "seeds"
     data = DATASETS[name](seed)
     mean, std = normalization(data.x_train)
-    model = train(data, mean, std, seed)
+    model = (train_wide if name in WIDE else train)(data, mean, std, seed)
     x_seeds, y_seeds = data.x_test[:SEEDS_PER_MODEL], data.y_test[:SEEDS_PER_MODEL]
     seeds_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(seeds_dir / f"{name}.npz", x=x_seeds, y=y_seeds.astype(np.int64))
 
     calib_rng = np.random.default_rng(seed + 1)
-    calibration = normalize(data.x_train[calib_rng.choice(len(data.x_train), CALIBRATION_COUNT, replace=False)],
-                            mean, std)
+    if name in WIDE:  # every training image plus a corrupted copy of each: ranges cover perturbed inputs too
+        clean = data.x_train[calib_rng.permutation(len(data.x_train))]
+        calibration = normalize(np.concatenate([clean, corrupted(clean, calib_rng, CALIBRATION_NOISE_SIGMA)]),
+                                mean, std)
+    else:
+        calibration = normalize(
+            data.x_train[calib_rng.choice(len(data.x_train), CALIBRATION_COUNT, replace=False)], mean, std)
     h, w, c = data.x_train.shape[1:]
     report: dict = {"name": name, "mean": mean, "std": std, "seeds": len(y_seeds),
                     "train_images": len(data.y_train), "variants": {}}
@@ -254,7 +348,7 @@ def make(name: str, seed: int, out: Path) -> dict:
         }
 
     keras_path = models_dir / f"{name}.keras"
-    export = _uncompiled_copy(model)
+    export = _uncompiled_copy(model, build_wide_model if name in WIDE else build_model)
     export.save(keras_path)
     if keras_path.stat().st_size > MAX_KERAS_BYTES:
         keras_path.unlink()
@@ -267,9 +361,9 @@ def make(name: str, seed: int, out: Path) -> dict:
     return report
 
 
-def _uncompiled_copy(model):
+def _uncompiled_copy(model, build: Callable = build_model):
     """A weight-identical copy without optimizer state (a third of the size; repair recompiles)."""
-    copy = build_model(model.input_shape[1:])  # keras.models.clone_model keeps the compile state
+    copy = build(model.input_shape[1:])  # keras.models.clone_model keeps the compile state
     copy.set_weights(model.get_weights())
     return copy
 

@@ -18,7 +18,7 @@ from host.model_metadata import preprocessing_for
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MODELS = FIXTURES / "models"
 SEEDS = FIXTURES / "seeds"
-NAMES = {"digits28": (28, 28, 1), "digits32rgb": (32, 32, 3)}
+NAMES = {"digits28": (28, 28, 1), "digits32rgb": (32, 32, 3), "digits28wide": (28, 28, 1)}
 VARIANTS = ("float32", "dynamic", "int8", "float16")
 COMPRESSED = ("dynamic", "int8", "float16")
 #: Accuracy floor on the seeds for every model (the issue's stated floor).
