@@ -4,7 +4,8 @@
 For each fixture model and batch size (1, 16, 64, 256) it measures, in one process:
     raw     ModelRunner.infer in this process (preprocess + quantize + invoke + dequantize)
     infer   RemoteSession.infer: one unary Infer call per batch to a real agent on loopback
-    stream  RemoteSession.infer_many: InferStream with several batches in flight
+    stream  RemoteSession.infer_many: InferStream with several batches in flight (one stream carries
+            about 0.1 s of work, at least 16 batches)
 
 The agent runs as a subprocess (``dflare-agent serve --port 0``) on this machine, so the agent
 paths pay gRPC, the copy into the worker's shared memory and the worker hop; the interpreter work
@@ -54,8 +55,13 @@ PATHS = ("raw", "infer", "stream")
 #: Interleaved rounds per (model, batch); each path's figure is its median round, so a burst of
 #: load from other processes during one round does not decide the result.
 ROUNDS = 5
-#: Batches per infer_many call in the stream path: long enough that stream start-up is noise.
-STREAM_BATCHES = 16
+#: Batches per infer_many call in the stream path, at least: a stream's set-up and the pipeline's
+#: fill and drain (the worker idles until the first batch arrives and after the last) cost about
+#: 2 ms, a fixed cost that steady streaming does not pay.
+MIN_STREAM_BATCHES = 16
+#: ...and enough batches that one stream runs about this long at the raw rate, so that fixed cost
+#: stays under ~2% on small models too (16 batches of 64 of the digits28 models last ~10 ms).
+STREAM_SECONDS = 0.1
 #: Images per measured call loop at least, so batch 1 is timed over many calls.
 MIN_IMAGES_PER_ROUND = 256
 #: Agent start-up (imports numpy, grpc, the runtime) on a busy machine.
@@ -134,14 +140,24 @@ def timed(run: Callable[[], int], seconds: float, pids: dict[str, int | None]) -
             return images, elapsed, cpu
 
 
-def _runs(local, remote, images: np.ndarray) -> dict[str, Callable[[], int]]:
+def stream_length(local, images: np.ndarray) -> int:
+    """Batches per stream: :data:`STREAM_SECONDS` at the raw rate, at least :data:`MIN_STREAM_BATCHES`."""
+    local.infer(images)
+    start = time.perf_counter()
+    for _ in range(3):
+        local.infer(images)
+    per_batch_s = (time.perf_counter() - start) / 3
+    return max(MIN_STREAM_BATCHES, int(STREAM_SECONDS / max(per_batch_s, 1e-6)))
+
+
+def _runs(local, remote, images: np.ndarray, stream_batches: int) -> dict[str, Callable[[], int]]:
     """One call per path, each returning the number of images it ran."""
     batch = len(images)
-    stream_batches = [images] * STREAM_BATCHES
+    batches = [images] * stream_batches
     return {
         "raw": lambda: (local.infer(images), batch)[1],
         "infer": lambda: (remote.infer(images), batch)[1],
-        "stream": lambda: (remote.infer_many(stream_batches), batch * STREAM_BATCHES)[1],
+        "stream": lambda: (remote.infer_many(batches), batch * stream_batches)[1],
     }
 
 
@@ -156,7 +172,8 @@ def bench_model(model: Path, target: RemoteTarget, agent_pid: int, delegate: str
     try:
         for batch in batch_sizes:
             images = images_for(model, batch)
-            runs = _runs(local, remote, images)
+            stream_batches = stream_length(local, images)
+            runs = _runs(local, remote, images, stream_batches)
             for run in runs.values():
                 run()  # warm up: first resize/allocate, first RPC
             rates: dict[str, list[float]] = {path: [] for path in PATHS}
@@ -173,6 +190,7 @@ def bench_model(model: Path, target: RemoteTarget, agent_pid: int, delegate: str
             for path in PATHS:
                 rows.append({"model": model.stem, "batch": batch, "path": path,
                              "images_per_s": round(float(np.median(rates[path])), 1),
+                             "stream_batches": stream_batches if path == "stream" else None,
                              "cpu_ms_per_batch": {name: round(1000.0 * spent_s * batch / images_run[path], 3)
                                                   for name, spent_s in cpu_s[path].items()}})
     finally:
