@@ -54,9 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, metavar="N", help="random seed of the campaign (default 0)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default dflare-out); rerun to resume")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    p.add_argument("--delegate", metavar="D", help="the compressed model's delegate: cpu (default), xnnpack, ref, "
-                   "gpu, nnapi, external:/path/lib.so")
-    p.add_argument("--reference-delegate", metavar="D", help="the original model's delegate (default cpu)")
+    p.add_argument("--delegate", metavar="D", help="the compressed model's delegate: xnnpack (default: TFLite's own "
+                   "CPU path), cpu (builtin kernels), ref, gpu, nnapi, external:/path/lib.so")
+    p.add_argument("--reference-delegate", metavar="D", help="the original model's delegate (default xnnpack)")
     p.add_argument("--threads", type=int, metavar="N", help="interpreter threads for both models")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean, overriding the model's metadata")
     p.add_argument("--std", type=float, nargs="+", help="per-channel std, overriding the model's metadata")

@@ -105,8 +105,10 @@ class CampaignConfig:
     timeout_s: float | None = None
     seed: int = 0
     out: Path = Path("dflare-out")
-    delegate: str = "cpu"
-    reference_delegate: str = "cpu"
+    # XNNPACK: TFLite's default CPU path, and batch-invariant, so a seed's search is the same in a
+    # batch as alone (the builtin "cpu" kernels round float rows by their position in the batch).
+    delegate: str = "xnnpack"
+    reference_delegate: str = "xnnpack"
     threads: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
