@@ -45,6 +45,25 @@ def flip_table(records: list[InputRecord]) -> dict[str, Any]:
     }
 
 
+def top1_tie(probs: np.ndarray) -> bool:
+    """True when the largest probability is shared by two or more classes (argmax picks the lowest)."""
+    probs = np.asarray(probs).ravel()
+    return probs.size > 1 and int(np.count_nonzero(probs == probs.max())) > 1
+
+
+def ties(records: list[InputRecord]) -> dict[str, Any]:
+    """Triggering inputs whose deviation rests on an exact top-1 tie.
+
+    A quantized output has few distinct values, so two classes can share the top probability;
+    ``argmax`` then picks the lower class, which is a real change of the deployed label but not a
+    confident one. Counted per model, with the inputs' stems (``<seed>_<n>``).
+    """
+    compressed = [r.stem for r in records if top1_tie(r.probs_compressed)]
+    original = [r.stem for r in records if top1_tie(r.probs_original)]
+    return {"inputs": len(records), "compressed": len(compressed), "original": len(original),
+            "compressed_inputs": compressed, "original_inputs": original}
+
+
 def per_class(records: list[SeedRecord]) -> list[dict[str, Any]]:
     """Deviation rate per seed class (the label both models agree on) over the searched seeds."""
     searched = [r for r in records if r.status is not SeedStatus.skipped and r.seed_label is not None]
@@ -136,6 +155,7 @@ def analysis(store: CampaignStore) -> dict[str, Any]:
         metric_values[metric] = {"raw": raw, "minimized": small}
     return {
         "flips": flip_table(inputs),
+        "ties": ties(inputs),
         "per_class": per_class(outcomes),
         "distances": {metric: {"raw": _stats(v["raw"]), "minimized": _stats(v["minimized"])}
                       for metric, v in metric_values.items()},

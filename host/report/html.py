@@ -62,6 +62,8 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
 
 
 def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None) -> dict[str, Any]:
+    from host.report.analysis import input_distances, top1_tie
+
     item: dict[str, Any] = {
         "minimized": None,
         "distances": None,
@@ -73,13 +75,12 @@ def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None)
         "l_inf": None,
         "top_original": top_k(record.probs_original),
         "top_compressed": top_k(record.probs_compressed),
+        "tie": top1_tie(record.probs_compressed),
     }
     if record.seed_image is not None:
         diff, gain = amplified_difference(record.image, record.seed_image)
         item.update(seed=data_uri(png_bytes(record.seed_image)), diff=data_uri(png_bytes(diff)),
                     gain=gain, l_inf=int(np.abs(record.image.astype(np.int16) - record.seed_image).max()))
-        from host.report.analysis import input_distances
-
         dists = input_distances(record, minimized)
         item["distances"] = dists["raw"]
         if minimized is not None:

@@ -4,6 +4,7 @@ the analysis tables; the campaign settings for minimization and bounds."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from host.campaign.command import add_arguments, config_from_args
 from host.campaign.store import InputRecord
 from host.errors import ConfigError
-from host.report.analysis import flip_table, histogram
+from host.report.analysis import flip_table, histogram, ties, top1_tie
 from host.search import SeedStatus, run
 from host.search.bounds import UNBOUNDED, PerturbationBound
 from host.search.distances import linf
@@ -95,6 +96,16 @@ def test_flip_table_and_histogram():
     assert table["matrix"] == [[0, 0, 0], [0, 0, 2], [1, 0, 0]]
     h = histogram([10.0, 20.0, 30.0], [1.0, 2.0], bins=3)
     assert sum(h["raw"]) == 3 and sum(h["minimized"]) == 2 and h["edges"][-1] == 30.0
+
+
+def test_ties_count_exact_top1_ties_per_model():
+    tie = np.array([0.25, 0.375, 0.375, 0.0], np.float32)  # int8 outputs land on a coarse grid
+    clear = np.array([0.25, 0.375, 0.37109375, 0.00390625], np.float32)
+    records = [dataclasses.replace(_record(2, 1), n=i, probs_original=po, probs_compressed=pc)
+               for i, (po, pc) in enumerate([(clear, tie), (clear, clear), (tie, tie)])]
+    assert top1_tie(tie) and not top1_tie(clear) and not top1_tie(np.array([1.0]))
+    assert ties(records) == {"inputs": 3, "compressed": 2, "original": 1,
+                             "compressed_inputs": ["0_0", "0_2"], "original_inputs": ["0_2"]}
 
 
 def _args(*argv: str) -> argparse.Namespace:
