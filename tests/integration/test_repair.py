@@ -83,7 +83,7 @@ def test_repaired_model_is_a_drop_in_int8_replacement(repaired: tuple[dict, Path
     assert path.parent == out and detect_recipe(content).variant == "int8"
     original_int8 = model("digits28", "int8")
     assert preprocessing_for(path, content) == preprocessing_for(original_int8, original_int8.read_bytes())
-    session = LocalTarget().load(ModelSpec.from_path(path))
+    session = LocalTarget().load(ModelSpec.from_path(path, delegate="xnnpack"))  # the campaign's delegate
     assert session.input_spec.dtype == "int8" and session.input_spec.shape[1:] == (28, 28, 1)
     with np.load(out / "held_out.npz") as held:
         labels = session.infer(held["x"]).argmax(1)
