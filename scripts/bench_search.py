@@ -55,11 +55,12 @@ def agreeing_seeds(original, compressed, name: str, n: int) -> tuple[np.ndarray,
 
 
 def measure(original, compressed, seeds, indices, algo: str, max_queries: int, rng_seed: int,
-            sequential: bool = False, label: str | None = None, options: dict | None = None) -> dict:
+            sequential: bool = False, label: str | None = None, options: dict | None = None,
+            ignore_ties: bool = False) -> dict:
     # one seed at a time, one candidate at a time: the original's loop, in the same engine
     kwargs = {"max_live_seeds": 1, "max_speculation": 1} if sequential else {}
     engine = Engine(original, compressed, searcher_factory(algo, **(options or {})), algo=algo, budget=max_queries,
-                    rng_seed=rng_seed, **kwargs)
+                    rng_seed=rng_seed, ignore_ties=ignore_ties, **kwargs)
     start, cpu_start = time.perf_counter(), time.process_time()
     results = [e.result for e in engine.run(seeds, indices=indices) if e.result is not None]
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                              "paper's value is not restated in DESIGN.md); the ratio scales with it")
     parser.add_argument("--diffchaser-mutation-rate", type=float, default=None, metavar="R",
                         help=f"DiffChaser's mutation rate (default {MUTATION_RATE})")
+    parser.add_argument("--ignore-ties", action="store_true",
+                        help="count a deviation only when both top-1 labels are unique (host.search.deviation)")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = parser.parse_args(argv)
     chaser_options = {k: v for k, v in (("population_size", args.diffchaser_population),
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for algo in args.algos:
         options = chaser_options if algo == "diffchaser" else {}
-        rows.append(measure(original, compressed, seeds, indices, algo, args.max_queries, args.seed, options=options))
+        rows.append(measure(original, compressed, seeds, indices, algo, args.max_queries, args.seed, options=options,
+                            ignore_ties=args.ignore_ties))
         if options:
             rows[-1]["options"] = options
         print(f"  {algo}: done in {rows[-1]['wall_s']:.1f} s", file=sys.stderr)
@@ -170,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     sequential_runs = []
     for i in range(args.repeat):
         if i > 0 or not batched_runs:
-            batched_runs.append(measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed))
+            batched_runs.append(measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed,
+                                        ignore_ties=args.ignore_ties))
         sequential_runs.append(measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed,
-                                       sequential=True, label="dflare (one seed at a time)"))
+                                       sequential=True, label="dflare (one seed at a time)",
+                                       ignore_ties=args.ignore_ties))
         print(f"  speed-up round {i + 1}: {sequential_runs[-1]['wall_s']:.1f} s one at a time, "
               f"{batched_runs[-1]['wall_s']:.1f} s batched", file=sys.stderr)
     sequential = _median_run(sequential_runs)

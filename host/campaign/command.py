@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep every searched input within N grey levels of its seed (mutants are clipped back)")
     p.add_argument("--min-ssim", type=float, metavar="X",
                    help="reject mutants whose SSIM to their seed is below X (each rejection costs 2 queries)")
+    p.add_argument("--ignore-ties", action="store_true", default=None,
+                   help="count a deviation only when both models' top-1 labels are unique (an int8 output often "
+                   "ties two classes, and argmax then picks the lower one)")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress display: a bar on a terminal, log lines otherwise (auto)")
 

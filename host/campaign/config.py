@@ -45,6 +45,10 @@ DEFAULT_RERUNS = 3
 NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
                                  "connect_timeout_s", "minimize", "minimize_max_queries"})
 
+#: Identity fields added after campaign directories were written, with their defaults: a campaign
+#: at the default keeps the identity it had before the field existed.
+LATER_FIELD_DEFAULTS: dict[str, Any] = {"ignore_ties": False}
+
 #: Minimization queries per triggering input (``host.search.minimize.MAX_MINIMIZE_QUERIES``).
 DEFAULT_MINIMIZE_MAX_QUERIES = 2000
 
@@ -93,6 +97,8 @@ class CampaignConfig:
         minimize_max_queries: minimization query budget per triggering input (counted apart from the search).
         max_linf: keep every searched input within this many grey levels of its seed (projection); ``None``: off.
         min_ssim: reject mutants whose SSIM to their seed is below this; ``None``: off.
+        ignore_ties: count a deviation only when both models' top-1 labels are unique (an int8 output
+            often ties two classes, and argmax then picks the lower one); default: DFlare's criterion.
     """
 
     original: Path
@@ -123,6 +129,7 @@ class CampaignConfig:
     minimize_max_queries: int = DEFAULT_MINIMIZE_MAX_QUERIES
     max_linf: int | None = None
     min_ssim: float | None = None
+    ignore_ties: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -172,7 +179,13 @@ class CampaignConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define what a campaign computes; a store refuses to resume when they change."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
+        identity = {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
+        # Fields added after campaign directories existed: at their default they stay out of the
+        # identity, so a directory written before them resumes.
+        for name, default in LATER_FIELD_DEFAULTS.items():
+            if identity.get(name) == default:
+                identity.pop(name, None)
+        return identity
 
     def canonical_json(self) -> str:
         """The identity as canonical JSON (sorted keys, no spaces): equal configs give equal strings."""
@@ -255,7 +268,7 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(float(v) for v in value.replace(",", " ").split())
             return tuple(float(v) for v in value)
-        if name in ("resize", "fail_on_deviation", "minimize"):
+        if name in ("resize", "fail_on_deviation", "minimize", "ignore_ties"):
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value

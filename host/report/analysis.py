@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord, SeedRecord
+from host.search.deviation import top1_tied
 from host.search.distances import distances
 from host.search.results import SeedStatus
 
@@ -47,8 +48,7 @@ def flip_table(records: list[InputRecord]) -> dict[str, Any]:
 
 def top1_tie(probs: np.ndarray) -> bool:
     """True when the largest probability is shared by two or more classes (argmax picks the lowest)."""
-    probs = np.asarray(probs).ravel()
-    return probs.size > 1 and int(np.count_nonzero(probs == probs.max())) > 1
+    return bool(top1_tied(np.asarray(probs).ravel()))
 
 
 def ties(records: list[InputRecord]) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def run(
     on_event: Callable[[Event], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     bound: PerturbationBound | None = None,
+    ignore_ties: bool = False,
     **algo_options,
 ) -> Iterator[SeedResult]:
     """Search for triggering inputs; yield one :class:`SeedResult` per seed as it finishes.
@@ -115,6 +116,8 @@ def run(
         clock: monotonic clock (injectable for tests).
         bound: keep every mutant within ``max_linf`` / ``min_ssim`` of its seed (``bounds.py``); the
             results' ``extra["bound"]`` counts projected and rejected mutants.
+        ignore_ties: count a deviation only when both models' top-1 labels are unique
+            (``host.search.deviation``); default: the top-1 labels differ, as in DFlare.
         **algo_options: ``population_size`` / ``mutation_rate`` for DiffChaser.
 
     Raises:
@@ -124,7 +127,8 @@ def run(
     engine = Engine(original, compressed, searcher_factory(algo, **algo_options), algo=algo,
                     budget=Budget.of(budget), rng_seed=rng_seed, verify_runs=verify_runs,
                     max_live_seeds=max_live_seeds, max_speculation=max_speculation, clock=clock,
-                    candidate_filter=BoundFilter(bound) if bound is not None and bound.active else None)
+                    candidate_filter=BoundFilter(bound) if bound is not None and bound.active else None,
+                    ignore_ties=ignore_ties)
     for event in engine.run(seeds, labels=labels, indices=indices):
         if on_event is not None:
             on_event(event)

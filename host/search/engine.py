@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from host.errors import ConfigError, ModelError, SeedError
-from host.search import mutations
+from host.search import deviation, mutations
 from host.search.results import SeedResult, SeedStatus
 from host.search.searcher import Candidate, Searcher, SeedContext
 from host.targets.base import Session
@@ -198,6 +198,8 @@ class Engine:
         clock: a monotonic clock in seconds (injectable for tests).
         candidate_filter: a perturbation bound's hook (``bounds.BoundFilter``): projects each step's
             mutants or swaps rejected ones for their parents; its counts go to ``extra["bound"]``.
+        ignore_ties: count a deviation only when both models' top-1 labels are unique
+            (``deviation.deviates``); default: DFlare's criterion, the top-1 labels differ.
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class Engine:
         max_speculation: int = MAX_SPECULATION,
         clock: Callable[[], float] = time.monotonic,
         candidate_filter: BoundFilter | None = None,
+        ignore_ties: bool = False,
     ) -> None:
         if verify_runs < 1:
             raise ConfigError(f"verify_runs must be at least 1, got {verify_runs}")
@@ -231,6 +234,7 @@ class Engine:
         self.max_live_seeds = max_live_seeds
         self.max_speculation = max(1, int(max_speculation))
         self.candidate_filter = candidate_filter  # a perturbation bound's hook (bounds.py), or None
+        self.ignore_ties = bool(ignore_ties)
         self.clock = clock
         # run state, named by what it counts
         self.total_queries: int = 0
@@ -422,7 +426,7 @@ class Engine:
         for idx, cands in rows.items():
             spans[idx] = (row, row + len(cands))
             row += len(cands)
-        deviates = np.argmax(probs_o, axis=1) != np.argmax(probs_c, axis=1)
+        deviates = deviation.deviates(probs_o, probs_c, self.ignore_ties)
         with self._phase("observe"):
             suspects = self._feed_back(by_index, rows, spans, probs_o, probs_c, deviates)
         confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
@@ -553,7 +557,7 @@ class Engine:
         with self._phase("verify"):
             for _ in range(self.verify_runs):
                 again_o, again_c = self.evaluate(images, verify=True)
-                reproduced += np.argmax(again_o, axis=1) != np.argmax(again_c, axis=1)
+                reproduced += deviation.deviates(again_o, again_c, self.ignore_ties)
         for seed, _ in suspects:
             seed.verify_queries += QUERIES_PER_IMAGE * self.verify_runs
         confirmed: set[int] = set()

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from host.search import distances, mutations
+from host.search import deviation, distances, mutations
 from host.search.bounds import UNBOUNDED, PerturbationBound
 from host.search.results import MutationStep
 from host.targets.base import Session
@@ -138,9 +138,9 @@ class _State:
     trace: list[MutationStep]
 
 
-def triggers(probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
-    """Per row: the two models' top-1 labels differ."""
-    return np.argmax(probs_original, axis=-1) != np.argmax(probs_compressed, axis=-1)
+def triggers(probs_original: np.ndarray, probs_compressed: np.ndarray, ignore_ties: bool = False) -> np.ndarray:
+    """Per row: the input still deviates, by the search's criterion (``deviation.deviates``)."""
+    return deviation.deviates(probs_original, probs_compressed, ignore_ties)
 
 
 def disagreement_margin(probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
@@ -163,12 +163,14 @@ class Minimizer:
         verify_runs: re-runs the result must survive.
         clock: a monotonic clock in seconds.
         rng_seed: seeds the boundary walk's random probes (the result is a function of it).
+        ignore_ties: the search's criterion: a minimized input must deviate without a top-1 tie.
     """
 
     def __init__(self, original: Session, compressed: Session, seed: np.ndarray,
                  bound: PerturbationBound = UNBOUNDED, max_queries: int = MAX_MINIMIZE_QUERIES,
                  verify_runs: int = VERIFY_RUNS, clock: Callable[[], float] = time.monotonic,
-                 rng_seed: int | Sequence[int] = 0) -> None:
+                 rng_seed: int | Sequence[int] = 0, ignore_ties: bool = False) -> None:
+        self.ignore_ties = bool(ignore_ties)
         self.original = original
         self.compressed = compressed
         self.seed = np.ascontiguousarray(seed, dtype=np.uint8)
@@ -245,7 +247,7 @@ class Minimizer:
             empty = np.zeros((0, 0), np.float32)
             return rows, empty, empty, np.zeros(0, dtype=bool)
         probs_o, probs_c = self.evaluate(images[rows], phase)
-        return rows, probs_o, probs_c, triggers(probs_o, probs_c)
+        return rows, probs_o, probs_c, triggers(probs_o, probs_c, self.ignore_ties)
 
     # -- the phases ---------------------------------------------------------------------------
     def run(self, image: np.ndarray, trace: Sequence[MutationStep], probs_original: np.ndarray,
@@ -471,7 +473,7 @@ class Minimizer:
             for _ in range(self.verify_runs):
                 probs_o, probs_c = self._infer(state.image[None])
                 self.verify_queries += QUERIES_PER_IMAGE
-                reproduced += int(triggers(probs_o, probs_c)[0])
+                reproduced += int(triggers(probs_o, probs_c, self.ignore_ties)[0])
             if reproduced == self.verify_runs or state is self.history[0]:
                 return state, reproduced
         raise AssertionError("unreachable: the raw input is always returned")
@@ -526,7 +528,8 @@ def minimize(original: Session, compressed: Session, seed: np.ndarray, image: np
              trace: Sequence[MutationStep], probs_original: np.ndarray, probs_compressed: np.ndarray, *,
              bound: PerturbationBound = UNBOUNDED, max_queries: int = MAX_MINIMIZE_QUERIES,
              verify_runs: int = VERIFY_RUNS, clock: Callable[[], float] = time.monotonic,
-             seed_label: int | None = None, rng_seed: int | Sequence[int] = 0) -> MinimizeResult:
+             seed_label: int | None = None, rng_seed: int | Sequence[int] = 0,
+             ignore_ties: bool = False) -> MinimizeResult:
     """Minimize one triggering input (see the module docstring).
 
     Args:
@@ -543,9 +546,10 @@ def minimize(original: Session, compressed: Session, seed: np.ndarray, image: np
         clock: a monotonic clock in seconds.
         seed_label: the label both models give the seed (one extra query pair when None).
         rng_seed: seeds the boundary walk's random probes.
+        ignore_ties: the search's criterion (``deviation.deviates``).
 
     Returns:
         The minimized input with its distances before and after and its query counts.
     """
-    minimizer = Minimizer(original, compressed, seed, bound, max_queries, verify_runs, clock, rng_seed)
+    minimizer = Minimizer(original, compressed, seed, bound, max_queries, verify_runs, clock, rng_seed, ignore_ties)
     return minimizer.run(image, trace, probs_original, probs_compressed, seed_label)

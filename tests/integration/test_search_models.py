@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from host.search import SeedStatus, replay, run
+from host.search.deviation import deviates, top1_tied
+from host.search.minimize import minimize
 from host.targets import LocalTarget, ModelSpec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -118,9 +120,27 @@ def test_dflare_run_cli_prints_the_summary_and_writes_reproducing_inputs(tmp_pat
     # raw inputs, and their minimized versions (<seed>_<n>_min): every one disagrees when re-run
     assert len([p for p in arrays if not p.stem.endswith("_min")]) == summary["triggered"]
     assert len([p for p in arrays if p.stem.endswith("_min")]) == summary["triggered"]
-    original, other = _sessions("digits28", "int8")
+    original, other = _sessions("digits28", "int8", delegate="xnnpack")  # dflare run's default delegate
     images = np.stack([np.load(p) for p in arrays])
     assert np.all(np.argmax(original.infer(images), 1) != np.argmax(other.infer(images), 1))
     for path, image in zip(arrays, images):
         png = np.asarray(Image.open(path.with_suffix(".png"))).reshape(image.shape)
         assert png.tobytes() == image.tobytes()
+
+
+@pytest.mark.timeout(120)
+def test_ignore_ties_finds_deviations_without_ties_and_minimizes_to_one():
+    original, compressed = _sessions("digits28", "int8", delegate="xnnpack")
+    seeds, _ = _agreeing(original, compressed, "digits28", 12)
+    default = [r for r in run(original, compressed, seeds, "dflare", 2000, 0) if r.triggered]
+    strict = [r for r in run(original, compressed, seeds, "dflare", 2000, 0, ignore_ties=True) if r.triggered]
+    # on this pair most deviations found by DFlare's criterion rest on an int8 tie
+    assert any(top1_tied(r.probs_compressed) for r in default)
+    assert strict
+    for r in strict:
+        assert not top1_tied(r.probs_original) and not top1_tied(r.probs_compressed)
+        assert deviates(original.infer(r.image[None]), compressed.infer(r.image[None]), ignore_ties=True)[0]
+    r = strict[0]
+    small = minimize(original, compressed, seeds[r.seed_index], r.image, r.trace, r.probs_original,
+                     r.probs_compressed, max_queries=300, ignore_ties=True)
+    assert deviates(original.infer(small.image[None]), compressed.infer(small.image[None]), ignore_ties=True)[0]
