@@ -205,10 +205,15 @@ _MIX_2 = np.uint64(0x94D049BB133111EB)
 def _splitmix64(seeds: np.ndarray, n: int) -> np.ndarray:
     """(len(seeds), n) uint64 words: SplitMix64's stream from each seed, computed for all at once."""
     counters = np.arange(1, n + 1, dtype=np.uint64)
-    z = seeds.astype(np.uint64)[:, None] + counters[None, :] * _GOLDEN_GAMMA
-    z = (z ^ (z >> np.uint64(30))) * _MIX_1
-    z = (z ^ (z >> np.uint64(27))) * _MIX_2
-    return z ^ (z >> np.uint64(31))
+    counters *= _GOLDEN_GAMMA
+    z = seeds.astype(np.uint64)[:, None] + counters[None, :]
+    # in place: the same integer steps without a temporary per step (half the time on RGB batches)
+    z ^= z >> np.uint64(30)
+    z *= _MIX_1
+    z ^= z >> np.uint64(27)
+    z *= _MIX_2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def _standard_normals(seeds: Sequence[int], n: int) -> np.ndarray:
@@ -219,10 +224,22 @@ def _standard_normals(seeds: Sequence[int], n: int) -> np.ndarray:
     """
     pairs = (n + 1) // 2
     words = _splitmix64(np.asarray(seeds, dtype=np.uint64), 2 * pairs)
-    u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)  # (0, 1), never 0
-    radius = np.sqrt(-2.0 * np.log(u[:, :pairs]))
-    angle = (2.0 * np.pi) * u[:, pairs:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :n]
+    words >>= np.uint64(11)
+    u = words.astype(np.float64)  # then (u + 0.5) / 2**53: in (0, 1), never 0
+    u += 0.5
+    u *= 1.0 / 9007199254740992.0
+    # sqrt(-2 log u1) * (cos, sin)(2 pi u2), in place (the same float64 operations, so the same bits)
+    radius = np.log(u[:, :pairs])
+    radius *= -2.0
+    np.sqrt(radius, out=radius)
+    angle = u[:, pairs:]
+    angle *= 2.0 * np.pi
+    out = np.empty((len(u), 2 * pairs))
+    np.cos(angle, out=out[:, :pairs])
+    out[:, :pairs] *= radius
+    np.sin(angle, out=out[:, pairs:])
+    out[:, pairs:] *= radius
+    return out[:, :n]
 
 
 def _to_uint8(values: np.ndarray, wrap: np.ndarray) -> np.ndarray:
