@@ -13,6 +13,10 @@ and one candidate at a time (``max_live_seeds=1, max_speculation=1``: the origin
 seconds per triggering input, alternated ``--repeat`` times (median). Both find the same inputs
 with the same query counts (on a batch-invariant delegate such as XNNPACK).
 
+``--via-agent`` adds a row: the same DFlare search with the compressed model in a real
+``dflare-agent`` on loopback (``RemoteTarget``; the original stays in process), so seconds per
+trigger through gRPC compare with in-process on the same inputs and query counts.
+
 ``--json`` prints one JSON list of rows (``algo``, ``success_rate``, ``queries_per_trigger``,
 ``median_queries``, ``seconds_per_trigger``, plus counts); otherwise a Markdown table for
 docs/benchmarks.md ("Search efficacy").
@@ -32,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from host.search import Engine, SeedStatus, searcher_factory  # noqa: E402
 from host.search.diffchaser import MUTATION_RATE, POPULATION_SIZE  # noqa: E402
@@ -82,6 +87,28 @@ def measure(original, compressed, seeds, indices, algo: str, max_queries: int, r
         "cpu_s": cpu_s,  # this process's CPU time, all threads (less sensitive to other jobs than wall time)
         "batch_calls": engine.batch_calls,
     }
+
+
+def _through_agent(original, seeds, indices, args: argparse.Namespace) -> dict:
+    """DFlare with the compressed model in a real agent on loopback (the original in process)."""
+    import tempfile
+
+    from bench_agent import start_agent  # the agent launcher of scripts/bench_agent.py
+
+    from host.targets.remote import RemoteTarget
+
+    with tempfile.TemporaryDirectory(prefix="bench-search-agent-") as tmp:
+        process, uri, token = start_agent(Path(tmp))
+        try:
+            with RemoteTarget(uri, token=token) as target:
+                compressed = target.load(ModelSpec.from_path(
+                    FIXTURES / "models" / f"{args.model}-{args.compressed}.tflite", delegate=args.delegate,
+                    threads=args.threads))
+                return measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed,
+                               label="dflare (compressed model through the agent)", ignore_ties=args.ignore_ties)
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"DiffChaser's mutation rate (default {MUTATION_RATE})")
     parser.add_argument("--ignore-ties", action="store_true",
                         help="count a deviation only when both top-1 labels are unique (host.search.deviation)")
+    parser.add_argument("--via-agent", action="store_true",
+                        help="also run DFlare with the compressed model in a dflare-agent on loopback")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = parser.parse_args(argv)
     chaser_options = {k: v for k, v in (("population_size", args.diffchaser_population),
@@ -183,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{batched_runs[-1]['wall_s']:.1f} s batched", file=sys.stderr)
     sequential = _median_run(sequential_runs)
     rows.append(sequential)
+    if args.via_agent:
+        rows.append(_through_agent(original, seeds, indices, args))
     by_algo = {r["algo"]: r for r in rows}
     batched = by_algo.get("dflare")
     spt_batched = _median_run(batched_runs)["seconds_per_trigger"]
