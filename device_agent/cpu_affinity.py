@@ -69,17 +69,10 @@ def pin_agent_beside_workers(worker_cpus: tuple[int, ...]) -> frozenset[int]:
 
 def format_cpu_list(cpus: tuple[int, ...] | frozenset[int]) -> str:
     """Format CPU numbers as a Linux CPU list: ``{0, 1, 2, 5}`` -> ``0-2,5``."""
-    ordered = sorted(cpus)
-    parts: list[str] = []
-    start = prev = None
-    for cpu in ordered:
-        if start is None:
-            start = prev = cpu
-        elif cpu == prev + 1:
-            prev = cpu
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
         else:
-            parts.append(f"{start}-{prev}" if prev != start else str(start))
-            start = prev = cpu
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else str(start))
-    return ",".join(parts)
+            runs.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)

@@ -46,11 +46,6 @@ def flip_table(records: list[InputRecord]) -> dict[str, Any]:
     }
 
 
-def top1_tie(probs: np.ndarray) -> bool:
-    """True when the largest probability is shared by two or more classes (argmax picks the lowest)."""
-    return bool(top1_tied(np.asarray(probs).ravel()))
-
-
 def ties(records: list[InputRecord]) -> dict[str, Any]:
     """Triggering inputs whose deviation rests on an exact top-1 tie.
 
@@ -58,8 +53,8 @@ def ties(records: list[InputRecord]) -> dict[str, Any]:
     ``argmax`` then picks the lower class, which is a real change of the deployed label but not a
     confident one. Counted per model, with the inputs' stems (``<seed>_<n>``).
     """
-    compressed = [r.stem for r in records if top1_tie(r.probs_compressed)]
-    original = [r.stem for r in records if top1_tie(r.probs_original)]
+    compressed = [r.stem for r in records if top1_tied(r.probs_compressed)]
+    original = [r.stem for r in records if top1_tied(r.probs_original)]
     return {"inputs": len(records), "compressed": len(compressed), "original": len(original),
             "compressed_inputs": compressed, "original_inputs": original}
 

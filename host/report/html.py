@@ -21,6 +21,7 @@ import numpy as np
 
 from host.campaign.artifacts import png_bytes
 from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
+from host.search.deviation import top1_tied
 from host.search.results import SeedStatus
 
 REPORT_NAME = "report.html"
@@ -62,7 +63,7 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
 
 
 def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None) -> dict[str, Any]:
-    from host.report.analysis import input_distances, top1_tie
+    from host.report.analysis import input_distances
 
     item: dict[str, Any] = {
         "minimized": None,
@@ -75,7 +76,7 @@ def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None)
         "l_inf": None,
         "top_original": top_k(record.probs_original),
         "top_compressed": top_k(record.probs_compressed),
-        "tie": top1_tie(record.probs_compressed),
+        "tie": bool(top1_tied(record.probs_compressed)),
     }
     if record.seed_image is not None:
         diff, gain = amplified_difference(record.image, record.seed_image)

@@ -138,11 +138,6 @@ class _State:
     trace: list[MutationStep]
 
 
-def triggers(probs_original: np.ndarray, probs_compressed: np.ndarray, ignore_ties: bool = False) -> np.ndarray:
-    """Per row: the input still deviates, by the search's criterion (``deviation.deviates``)."""
-    return deviation.deviates(probs_original, probs_compressed, ignore_ties)
-
-
 def disagreement_margin(probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
     """Per row: how clearly each model prefers its own label over the other's (0 when they agree)."""
     lo, lc = np.argmax(probs_original, axis=-1), np.argmax(probs_compressed, axis=-1)
@@ -247,7 +242,7 @@ class Minimizer:
             empty = np.zeros((0, 0), np.float32)
             return rows, empty, empty, np.zeros(0, dtype=bool)
         probs_o, probs_c = self.evaluate(images[rows], phase)
-        return rows, probs_o, probs_c, triggers(probs_o, probs_c, self.ignore_ties)
+        return rows, probs_o, probs_c, deviation.deviates(probs_o, probs_c, self.ignore_ties)
 
     # -- the phases ---------------------------------------------------------------------------
     def run(self, image: np.ndarray, trace: Sequence[MutationStep], probs_original: np.ndarray,
@@ -473,7 +468,7 @@ class Minimizer:
             for _ in range(self.verify_runs):
                 probs_o, probs_c = self._infer(state.image[None])
                 self.verify_queries += QUERIES_PER_IMAGE
-                reproduced += int(triggers(probs_o, probs_c, self.ignore_ties)[0])
+                reproduced += int(deviation.deviates(probs_o, probs_c, self.ignore_ties)[0])
             if reproduced == self.verify_runs or state is self.history[0]:
                 return state, reproduced
         raise AssertionError("unreachable: the raw input is always returned")

@@ -12,9 +12,10 @@ import pytest
 from host.campaign.command import add_arguments, config_from_args
 from host.campaign.store import InputRecord
 from host.errors import ConfigError
-from host.report.analysis import flip_table, histogram, ties, top1_tie
+from host.report.analysis import flip_table, histogram, ties
 from host.search import SeedStatus, run
 from host.search.bounds import UNBOUNDED, PerturbationBound
+from host.search.deviation import top1_tied
 from host.search.distances import linf
 from host.search.minimize import MinimizeExit, minimize, replay_subsets
 from host.search.mutations import replay
@@ -103,7 +104,7 @@ def test_ties_count_exact_top1_ties_per_model():
     clear = np.array([0.25, 0.375, 0.37109375, 0.00390625], np.float32)
     records = [dataclasses.replace(_record(2, 1), n=i, probs_original=po, probs_compressed=pc)
                for i, (po, pc) in enumerate([(clear, tie), (clear, clear), (tie, tie)])]
-    assert top1_tie(tie) and not top1_tie(clear) and not top1_tie(np.array([1.0]))
+    assert top1_tied(tie) and not top1_tied(clear) and not top1_tied(np.array([1.0]))
     assert ties(records) == {"inputs": 3, "compressed": 2, "original": 1,
                              "compressed_inputs": ["0_0", "0_2"], "original_inputs": ["0_2"]}
 
