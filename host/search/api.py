@@ -15,7 +15,7 @@ import numpy as np
 from host.errors import ConfigError
 from host.search.bounds import BoundFilter, PerturbationBound
 from host.search.dflare import DFlareConfig, DFlareSearcher
-from host.search.diffchaser import MUTATION_RATE, POPULATION_SIZE, DiffChaserSearcher
+from host.search.diffchaser import DiffChaserSearcher, PixelDiffChaserSearcher
 from host.search.engine import MAX_LIVE_SEEDS, MAX_SPECULATION, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
 from host.search.random import RandomSearcher
 from host.search.results import SeedResult
@@ -28,7 +28,8 @@ ALGORITHMS: tuple[str, ...] = (
     "dflare-faithful",  # the original code's behaviour, bugs included
     "dflare-no-mh",  # ablation: uniform operator choice
     "dflare-no-novelty",  # ablation: output difference only
-    "diffchaser",  # the genetic-algorithm baseline
+    "diffchaser",  # the genetic-algorithm baseline, with DFlare's operators and output-difference fitness
+    "diffchaser-pixel",  # the same GA with the paper's pixel-level mutation and uncertainty fitness
     "random",  # random operator, always accept
 )
 
@@ -42,7 +43,8 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
 
     Args:
         algo: one of :data:`ALGORITHMS`.
-        **options: DiffChaser's ``population_size`` and ``mutation_rate``.
+        **options: DiffChaser's ``population_size`` and ``mutation_rate`` (each variant has its own
+            defaults).
 
     Raises:
         ConfigError: an unknown algorithm or option.
@@ -51,8 +53,7 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
     if unknown:
         raise ConfigError(f"unknown search option(s) {', '.join(unknown)}; accepted: {', '.join(ALGO_OPTIONS)} "
                           "(the run's random seed is rng_seed=, budgets go in budget=Budget(...))")
-    population_size = int(options.get("population_size", POPULATION_SIZE))
-    mutation_rate = float(options.get("mutation_rate", MUTATION_RATE))
+    chaser_options = {k: (int(v) if k == "population_size" else float(v)) for k, v in options.items()}
     configs = {
         "dflare": DFlareConfig(),
         "dflare-faithful": DFlareConfig(faithful=True),
@@ -62,7 +63,9 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
     if algo in configs:
         return partial(_dflare, config=configs[algo])
     if algo == "diffchaser":
-        return partial(_diffchaser, population_size=population_size, mutation_rate=mutation_rate)
+        return partial(DiffChaserSearcher, **chaser_options)
+    if algo == "diffchaser-pixel":
+        return partial(PixelDiffChaserSearcher, **chaser_options)
     if algo == "random":
         return RandomSearcher
     raise ConfigError(f"unknown search algorithm {algo!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -70,11 +73,6 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
 
 def _dflare(seed: SeedContext, rng: np.random.Generator, config: DFlareConfig) -> DFlareSearcher:
     return DFlareSearcher(seed, rng, config)
-
-
-def _diffchaser(seed: SeedContext, rng: np.random.Generator, population_size: int,
-                mutation_rate: float) -> DiffChaserSearcher:
-    return DiffChaserSearcher(seed, rng, population_size=population_size, mutation_rate=mutation_rate)
 
 
 def run(

@@ -44,6 +44,9 @@ Operators (names are stable: they are stored in traces):
     the 7-tap table), separable, border reflect-101, round half to even.
 ``median_blur``
     k in {1, 3, 5, 7}, border replicate (as OpenCV's ``medianBlur``).
+
+DiffChaser's genetic steps are stored the same way, as concrete values: ``crossover`` (the genes
+taken from the second parent) and ``gene_mutation`` (genes nudged by its pixel-level mutation).
 """
 
 from __future__ import annotations
@@ -324,12 +327,18 @@ def _crossover(images: np.ndarray, params: list[dict]) -> np.ndarray:
     return _set_values(images, [[(p["indices"], p["values"])] for p in params])
 
 
+def _gene_mutation(images: np.ndarray, params: list[dict]) -> np.ndarray:
+    """Genes nudged by a small amount (DiffChaser's pixel-level mutation): the new values, stored concretely."""
+    return _set_values(images, [[(p["indices"], p["values"])] for p in params])
+
+
 _POINTWISE = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
     "speckle_noise": _speckle_noise,
     "pixel_change": _pixel_change,
     "crossover": _crossover,
+    "gene_mutation": _gene_mutation,
 }
 
 

@@ -22,12 +22,14 @@ def _bench():
 def test_bench_prints_one_json_list_of_rows(capsys):
     bench = _bench()
     code = bench.main(["--seeds", "4", "--max-queries", "300", "--repeat", "1", "--json",
-                       "--algos", "dflare", "diffchaser", "random"])
+                       "--algos", "dflare", "diffchaser", "diffchaser-pixel", "random"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["algo"] for r in rows] == ["dflare", "diffchaser", "random", "dflare (one seed at a time)"]
+    assert [r["algo"] for r in rows] == ["dflare", "diffchaser", "diffchaser-pixel", "random",
+                                         "dflare (one seed at a time)"]
     for row in rows:
-        for key in ("algo", "success_rate", "queries_per_trigger", "median_queries", "seconds_per_trigger"):
+        for key in ("algo", "success_rate", "queries_per_trigger", "median_queries", "seconds_per_trigger",
+                    "total_queries_per_trigger"):
             assert key in row
         assert 0.0 <= row["success_rate"] <= 1.0 and row["seeds"] == 4
     batched, sequential = rows[0], rows[-1]

@@ -129,7 +129,7 @@ def test_seeds_the_models_already_disagree_on_are_skipped():
 def test_every_algorithm_finds_reproducible_deviations_with_exact_traces(algo):
     original, compressed = LinearSession(), LinearSession(step=0.25)
     seeds = _agreeing_seeds(6, original, compressed)
-    options = {"population_size": 8} if algo == "diffchaser" else {}
+    options = {"population_size": 8} if algo.startswith("diffchaser") else {}
     results = list(run(original, compressed, seeds, algo=algo, budget=2000, rng_seed=3, **options))
     triggered = [r for r in results if r.status is SeedStatus.triggered]
     assert len(triggered) >= 4
@@ -142,11 +142,11 @@ def test_every_algorithm_finds_reproducible_deviations_with_exact_traces(algo):
         np.testing.assert_array_equal(po[0], r.probs_original)
 
 
-@pytest.mark.parametrize("algo", ["dflare", "dflare-faithful", "diffchaser", "random"])
+@pytest.mark.parametrize("algo", ["dflare", "dflare-faithful", "diffchaser", "diffchaser-pixel", "random"])
 def test_lockstep_gives_each_seed_the_same_result_as_running_it_alone(algo):
     original, compressed = LinearSession(), LinearSession(step=0.25)
     seeds = _agreeing_seeds(7, original, compressed)
-    options = {"population_size": 6} if algo == "diffchaser" else {}
+    options = {"population_size": 6} if algo.startswith("diffchaser") else {}
     budget = Budget(max_queries=150)
     together = {r.seed_index: r for r in run(original, compressed, seeds, algo, budget, 11, **options)}
     narrow = {r.seed_index: r for r in run(original, compressed, seeds, algo, budget, 11, max_live_seeds=2,
