@@ -96,3 +96,18 @@ def test_searcher_factory_passes_the_gene_mutation_rate():
     assert (searcher.population_size, searcher.mutation_rate) == (6, 0.05)
     assert searcher_factory("diffchaser-pixel")(_seed(image), np.random.default_rng(0)).mutation_rate == \
         GENE_MUTATION_RATE
+
+
+def test_every_chromosome_stays_within_8_levels_per_generation_of_the_seed():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    searcher = PixelDiffChaserSearcher(_seed(image), np.random.default_rng(6), population_size=10,
+                                       mutation_rate=0.3)
+    for generation in range(1, 6):
+        candidates = _materialize(searcher.propose())
+        n = len(candidates)
+        searcher.observe(candidates, rng.dirichlet(np.ones(10), n), rng.dirichlet(np.ones(10), n))
+        for chromosome, trace in zip(searcher.images, searcher.traces):
+            distance = np.abs(chromosome.astype(np.int16) - image).max()
+            assert distance <= GENE_MUTATION_MAX_DELTA * generation
+            assert mutations.replay(image, trace).tobytes() == chromosome.tobytes()
