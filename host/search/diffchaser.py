@@ -105,13 +105,18 @@ class DiffChaserSearcher:
             candidates.append(Candidate(child, trace, step, tag=slot))
         return candidates
 
-    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
+    def _scores(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
+        """Fitness of each evaluated chromosome: the output difference for the seed label."""
         label = self.seed.label
-        scores = [abs(output_difference(po, pc, label)) for po, pc in zip(probs_original, probs_compressed)]
+        return np.asarray([abs(output_difference(po, pc, label)) for po, pc in zip(probs_original, probs_compressed)],
+                          dtype=np.float64)
+
+    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
+        scores = self._scores(probs_original, probs_compressed)
         if not self.images:
             self.images = [c.image for c in candidates]  # type: ignore[misc]
             self.traces = [c.full_trace for c in candidates]
-            self.fitness = np.asarray(scores, dtype=np.float64)
+            self.fitness = scores
         else:
             for candidate, score in zip(candidates, scores):
                 self.images[candidate.tag] = candidate.image  # type: ignore[assignment]
@@ -154,8 +159,7 @@ class PixelDiffChaserSearcher(DiffChaserSearcher):
     def __init__(self, seed: SeedContext, rng: np.random.Generator, population_size: int = POPULATION_SIZE,
                  mutation_rate: float = GENE_MUTATION_RATE) -> None:
         super().__init__(seed, rng, population_size=population_size, mutation_rate=mutation_rate)
-        # per slot: uncertainty on the original model (column 0) and on the compressed one (column 1)
-        self.gaps = np.zeros((0, 2), dtype=np.float64)
+        self.fitness = np.zeros((0, 2), dtype=np.float64)  # smaller is fitter (see _scores)
 
     def _gene_mutation(self, image: np.ndarray) -> MutationStep | None:
         flat = image.ravel()
@@ -170,13 +174,13 @@ class PixelDiffChaserSearcher(DiffChaserSearcher):
 
     def _tournament(self, model: int) -> int:
         entrants = self.rng.integers(0, len(self.images), TOURNAMENT_SIZE)
-        return int(entrants[np.argmin(self.gaps[entrants, model])])
+        return int(entrants[np.argmin(self.fitness[entrants, model])])
 
     def propose(self, max_candidates: int = 1) -> list[Candidate]:  # a whole generation at once
         if not self.images:
             return [Candidate(self.seed.image, (), self._gene_mutation(self.seed.image), tag=i)
                     for i in range(self.population_size)]
-        best = int(np.argmin(self.gaps[:, 0]))
+        best = int(np.argmin(self.fitness[:, 0]))
         candidates = []
         for n, slot in enumerate(s for s in range(len(self.images)) if s != best):
             model = n % 2  # half the parents are picked on each model's uncertainty
@@ -184,20 +188,10 @@ class PixelDiffChaserSearcher(DiffChaserSearcher):
             candidates.append(Candidate(child, trace, self._gene_mutation(child), tag=slot))
         return candidates
 
-    def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
-        gaps = np.stack([uncertainty(probs_original), uncertainty(probs_compressed)], axis=1)
-        if not self.images:
-            self.images = [c.image for c in candidates]  # type: ignore[misc]
-            self.traces = [c.full_trace for c in candidates]
-            self.gaps = gaps
-        else:
-            for candidate, row in zip(candidates, gaps):
-                self.images[candidate.tag] = candidate.image  # type: ignore[assignment]
-                self.traces[candidate.tag] = candidate.full_trace
-                self.gaps[candidate.tag] = row
-        self.generation += 1
-        return len(candidates)
+    def _scores(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
+        """Per chromosome: uncertainty on the original model (column 0) and on the compressed one (column 1)."""
+        return np.stack([uncertainty(probs_original), uncertainty(probs_compressed)], axis=1)
 
     def stats(self) -> dict:
         return {"generations": self.generation,
-                "least_uncertainty_gap": float(self.gaps.min()) if self.gaps.size else 1.0}
+                "least_uncertainty_gap": float(self.fitness.min()) if self.fitness.size else 1.0}
