@@ -318,17 +318,9 @@ def _salt_pepper(images: np.ndarray, params: list[dict]) -> np.ndarray:
     return _set_values(images, [[(p["salt"], 255), (p["pepper"], 0)] for p in params])
 
 
-def _pixel_change(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    return _set_values(images, [[(p["indices"], p["values"])] for p in params])
-
-
-def _crossover(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    """Genes taken from the other parent (DiffChaser): the differing values, stored concretely."""
-    return _set_values(images, [[(p["indices"], p["values"])] for p in params])
-
-
-def _gene_mutation(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    """Genes nudged by a small amount (DiffChaser's pixel-level mutation): the new values, stored concretely."""
+def _recorded_values(images: np.ndarray, params: list[dict]) -> np.ndarray:
+    """Set the step's concrete ``values`` at its ``indices``: pixel_change's draws, and DiffChaser's
+    crossover (genes from the other parent) and gene mutation (nudged genes)."""
     return _set_values(images, [[(p["indices"], p["values"])] for p in params])
 
 
@@ -336,9 +328,9 @@ _POINTWISE = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
     "speckle_noise": _speckle_noise,
-    "pixel_change": _pixel_change,
-    "crossover": _crossover,
-    "gene_mutation": _gene_mutation,
+    "pixel_change": _recorded_values,
+    "crossover": _recorded_values,
+    "gene_mutation": _recorded_values,
 }
 
 
