@@ -36,3 +36,43 @@ def test_bench_prints_one_json_list_of_rows(capsys):
     # the same inputs with the same queries, batched or not (XNNPACK is batch-invariant)
     assert (batched["triggered"], batched["total_queries"]) == (sequential["triggered"], sequential["total_queries"])
     assert batched["speedup_vs_one_seed_at_a_time"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_several_rng_seeds_pool_into_one_row_per_algorithm(capsys):
+    bench = _bench()
+    common = ["--seeds", "3", "--max-queries", "200", "--repeat", "1", "--json", "--algos", "dflare", "random"]
+    single = []
+    for rng_seed in ("0", "1"):
+        assert bench.main([*common, "--seed", rng_seed]) == 0
+        single.append({r["algo"]: r for r in json.loads(capsys.readouterr().out)})
+    assert bench.main([*common, "--seed", "0", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["algo"] for r in rows] == ["dflare", "random", "dflare (one seed at a time)"]
+    for row in rows[:2]:
+        runs = [s[row["algo"]] for s in single]
+        assert row["seeds"] == 6
+        assert row["triggered"] == sum(r["triggered"] for r in runs)
+        assert row["total_queries"] == sum(r["total_queries"] for r in runs)
+        queries = runs[0]["trigger_queries"] + runs[1]["trigger_queries"]
+        assert row["trigger_queries"] == queries
+        if queries:
+            assert row["queries_per_trigger"] == pytest.approx(sum(queries) / len(queries))
+        assert [p["queries_per_trigger"] for p in row["per_rng_seed"]] == [r["queries_per_trigger"] for r in runs]
+    # the one-at-a-time row runs the first rng seed only, and finds what the batched run of that seed found
+    assert rows[-1]["seeds"] == 3
+    assert rows[-1]["total_queries"] == single[0]["dflare"]["total_queries"]
+
+
+def test_ratio_interval_brackets_the_ratio_of_means_and_widens_with_a_heavy_tail():
+    bench = _bench()
+    assert bench.ratio_interval([], [1.0]) is None
+    assert bench.ratio_interval([2.0] * 10, [100.0] * 10) == pytest.approx((0.02, 0.02))
+    light = [100.0] * 49 + [200.0]
+    heavy = [100.0] * 49 + [10_000.0]
+    chaser = [10_000.0] * 50
+    low, high = bench.ratio_interval(light, chaser)
+    assert low <= (sum(light) / 50) / 10_000 <= high
+    heavy_low, heavy_high = bench.ratio_interval(heavy, chaser)
+    assert heavy_high - heavy_low > 10 * (high - low)
+    assert bench.ratio_interval(heavy, chaser) == (heavy_low, heavy_high)  # seeded: reproducible
