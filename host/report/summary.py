@@ -10,7 +10,8 @@ The first seven keys are the ``dflare run --json`` contract (DESIGN.md §5):
     total_queries         every query of the campaign, skipped seeds' agreement checks included
     out                   the output directory
 
-The rest add detail: counts per status, the skipped seeds and why, per-algorithm and per-target
+The rest add detail: counts per status, the skipped seeds and why, the exhausted seeds and how many
+mutants their search kept (``mutants_kept``: 0 means it never left the seed image), per-algorithm and per-target
 figures, the models, the config, and whether every requested seed has finished (``complete``).
 ``analysis`` (``analysis.py``) holds the label-flip table, per-class deviation rates, distance
 statistics and histogram, operators, minimization totals and the perturbation bound; each entry of
@@ -106,6 +107,8 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
         "total_seconds": fig["total_seconds"],
         "skipped_seeds": [{"seed_index": r.seed_index, "reason": r.exit_reason}
                           for r in sorted(records, key=lambda r: r.seed_index) if r.status is SeedStatus.skipped],
+        "exhausted_seeds": [_exhausted_view(r) for r in sorted(records, key=lambda r: r.seed_index)
+                            if r.status is SeedStatus.exhausted],
         "triggering_inputs": [
             {"seed_index": i.seed_index, "n": i.n, "status": i.status.value, "label_original": i.label_original,
              "label_compressed": i.label_compressed, "queries": i.queries, "seconds": i.seconds,
@@ -122,6 +125,19 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
         "runs": store.runs(),
     })
     return summary
+
+
+def _exhausted_view(record: SeedRecord) -> dict[str, Any]:
+    """An exhausted seed: its cost, why it stopped, and the mutants its search kept (None if not recorded).
+
+    DFlare records ``accepted`` (mutants that replaced the current image). A seed with none never left
+    its seed image: no single mutation moved either model's output past the fitness thresholds, which
+    happens when both models are saturated on it (a larger budget rarely helps there).
+    """
+    search = record.extra.get("search") if isinstance(record.extra, dict) else None
+    kept = search.get("accepted") if isinstance(search, dict) else None
+    return {"seed_index": record.seed_index, "queries": record.queries, "reason": record.exit_reason,
+            "mutants_kept": kept}
 
 
 def _minimized_view(record: Any) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from host.campaign.config import CampaignConfig
 from host.campaign.progress import LogProgress, RichProgress, default_progress
-from host.campaign.runner import CampaignRunner, SearchJob
+from host.campaign.runner import CampaignRunner, SearchJob, engine_search
 from host.campaign.store import CampaignStore
 from host.cli import main as dflare
 from host.errors import CampaignError, ModelError
@@ -172,6 +172,25 @@ def test_disagreeing_and_mislabelled_seeds_are_skipped_and_listed(tmp_path: Path
     assert {1, 4} <= set(skipped) and "label is" in skipped[1]
     assert set(search.asked).isdisjoint(skipped)
     assert outcome.summary["skipped"] == len(skipped) and outcome.summary["seeds"] == 6 - len(skipped)
+
+
+def test_exhausted_seeds_are_listed_with_the_mutants_their_search_kept(tmp_path: Path) -> None:
+    # Real DFlare on float32 vs dynamic range: seed 8 is one on which both models stay saturated under
+    # every operator, so the search never keeps a mutant (docs/benchmarks.md, "Search efficacy").
+    cfg = make_config(tmp_path, compressed=model("digits28", "dynamic"), max_queries=200)
+    outcome = run(cfg, engine_search)
+    with CampaignStore.open_existing(tmp_path) as store:
+        exhausted = {r.seed_index: r for r in store.outcomes() if r.status is SeedStatus.exhausted}
+    listed = {s["seed_index"]: s for s in outcome.summary["exhausted_seeds"]}
+    assert set(listed) == set(exhausted) and 8 in listed
+    for index, entry in listed.items():
+        assert entry["mutants_kept"] == exhausted[index].extra["search"]["accepted"]
+        assert entry["queries"] == exhausted[index].queries and entry["reason"] == exhausted[index].exit_reason
+    assert listed[8]["mutants_kept"] == 0
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="exhausted-seeds"' in html and "#8 (0 mutants kept)" in html
+    never_moved = sum(e["mutants_kept"] == 0 for e in listed.values())
+    assert f"{never_moved} of them never kept a mutant" in html
 
 
 def test_changed_settings_are_refused_then_force_new_starts_over(finished: Path, tmp_path: Path) -> None:
