@@ -50,6 +50,7 @@ bench: venv
 	$(PY) scripts/bench_agent.py
 	$(PY) scripts/bench_search.py
 	$(PY) scripts/bench_compare.py --write
+	$(PY) scripts/bench_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
