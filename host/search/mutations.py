@@ -223,7 +223,9 @@ def _standard_normals(seeds: Sequence[int], n: int) -> np.ndarray:
     """(len(seeds), n) N(0, 1) draws: SplitMix64 words -> uniforms in (0, 1) -> Box-Muller.
 
     Pure integer and float64 arithmetic, vectorized over every seed of a batch, and the same on
-    any numpy version (unlike ``Generator.normal``), so a trace replays identically anywhere.
+    any numpy version (unlike ``Generator.normal``) up to the last ulp of ``log``/``cos``/``sin``,
+    which differs between CPUs (numpy uses SVML on AVX-512 machines, libm elsewhere). The uint8
+    mutants a trace replays to are the same anywhere but with probability ~1e-14 per value.
     """
     pairs = (n + 1) // 2
     words = _splitmix64(np.asarray(seeds, dtype=np.uint64), 2 * pairs)
