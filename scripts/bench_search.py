@@ -29,7 +29,7 @@ trigger through gRPC compare with in-process on the same inputs and query counts
 
 ``--json`` prints one JSON list of rows (``algo``, ``success_rate``, ``queries_per_trigger``,
 ``median_queries``, ``seconds_per_trigger``, plus counts); otherwise a Markdown table for
-docs/benchmarks.md ("Search efficacy").
+docs/benchmarks.md ("Search efficacy"). ``--json-out FILE`` also writes the rows to FILE.
 """
 
 from __future__ import annotations
@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--via-agent", action="store_true",
                         help="also run DFlare with the compressed model in a dflare-agent on loopback")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    parser.add_argument("--json-out", type=Path, metavar="FILE",
+                        help="also write the rows (with every triggered seed's query count) to FILE as JSON")
     args = parser.parse_args(argv)
     population = {"population_size": args.diffchaser_population} if args.diffchaser_population else {}
     chaser_options = {
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     if d["queries_per_trigger"] and c["queries_per_trigger"] else None
                     for d, c in zip(batched["per_rng_seed"], chaser["per_rng_seed"])]
 
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows))
     if args.json:
         print(json.dumps(rows))
         return 0
