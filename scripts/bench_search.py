@@ -93,6 +93,8 @@ def measure(original, compressed, seeds, indices, algo: str, max_queries: int, r
         "seeds": len(searched),
         "triggered": len(triggered),
         "trigger_queries": queries,  # per triggered seed, in seed order (pooling and tail analysis)
+        # the seed index of each of those, with the rng seed: pairs the algorithms' runs seed by seed
+        "trigger_keys": [[rng_seed, int(r.seed_index)] for r in triggered],
         "flaky": sum(r.status is SeedStatus.flaky for r in results),
         "total_queries": engine.total_queries,
         # every query spent, failed seeds included, per trigger: what a campaign pays for each input found
@@ -142,6 +144,7 @@ def pooled(runs: list[dict]) -> dict:
     triggered = row["triggered"]
     row.update(
         trigger_queries=queries,
+        trigger_keys=[k for r in runs for k in r["trigger_keys"]],
         success_rate=triggered / row["seeds"] if row["seeds"] else 0.0,
         queries_per_trigger=float(np.mean(queries)) if queries else None,
         median_queries=float(np.median(queries)) if queries else None,
@@ -150,6 +153,21 @@ def pooled(runs: list[dict]) -> dict:
         per_rng_seed=[{"queries_per_trigger": r["queries_per_trigger"], "triggered": r["triggered"]} for r in runs],
     )
     return row
+
+
+def paired_ratio(row: dict, other: dict) -> tuple[float, int] | None:
+    """Mean queries per trigger of ``row`` over ``other``'s, on the (rng seed, seed) runs both triggered.
+
+    Each algorithm's own mean is over the seeds it triggered, so a seed one of them gives up on
+    leaves its mean while the other pays for it in full; on the common seeds both pay for the same
+    seeds. Returns (ratio, common runs), or None when they share no triggered run.
+    """
+    theirs = {tuple(k): q for k, q in zip(other["trigger_keys"], other["trigger_queries"])}
+    pairs = [(q, theirs[tuple(k)]) for k, q in zip(row["trigger_keys"], row["trigger_queries"]) if tuple(k) in theirs]
+    if not pairs:
+        return None
+    mine, chaser = zip(*pairs)
+    return float(np.mean(mine) / np.mean(chaser)), len(pairs)
 
 
 def ratio_interval(numerator: list[float], denominator: list[float], resamples: int = 2000,
@@ -315,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             batched[key] = batched["queries_per_trigger"] / chaser["queries_per_trigger"]
             batched[key + "_all_queries"] = batched["total_queries_per_trigger"] / chaser["total_queries_per_trigger"]
             batched[key + "_ci95"] = ratio_interval(batched["trigger_queries"], chaser["trigger_queries"])
+            batched[key + "_paired"] = paired_ratio(batched, chaser)
             if "per_rng_seed" in batched and "per_rng_seed" in chaser:
                 batched[key + "_per_rng_seed"] = [
                     d["queries_per_trigger"] / c["queries_per_trigger"]
@@ -348,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(95% bootstrap interval {100 * low:.1f}-{100 * high:.1f}%; "
                   f"goal <= {100 * GOAL_QUERY_RATIO:.0f}%: {verdict}); "
                   f"all queries per trigger, failed seeds included: {100 * batched[key + '_all_queries']:.1f}%"
+                  + (f"; on the {paired[1]} runs both triggered: {100 * paired[0]:.1f}%"
+                     if (paired := batched.get(key + "_paired")) else "")
                   + (f"; per rng seed: {', '.join(fmt(r and 100 * r, '.1f') + '%' for r in per_seed)}."
                      if (per_seed := batched.get(key + "_per_rng_seed")) else "."))
     return 0

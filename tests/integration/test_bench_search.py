@@ -76,3 +76,26 @@ def test_ratio_interval_brackets_the_ratio_of_means_and_widens_with_a_heavy_tail
     heavy_low, heavy_high = bench.ratio_interval(heavy, chaser)
     assert heavy_high - heavy_low > 10 * (high - low)
     assert bench.ratio_interval(heavy, chaser) == (heavy_low, heavy_high)  # seeded: reproducible
+
+
+def test_paired_ratio_compares_only_the_runs_both_algorithms_triggered():
+    bench = _bench()
+    dflare = {"trigger_keys": [[0, 1], [0, 2], [1, 1], [1, 5]], "trigger_queries": [10, 20, 30, 9000]}
+    chaser = {"trigger_keys": [[0, 2], [1, 1], [0, 1]], "trigger_queries": [2000, 1000, 1000]}
+    ratio, common = bench.paired_ratio(dflare, chaser)
+    assert common == 3  # (1, 5) was triggered by DFlare alone: its 9,000 queries stay out
+    assert ratio == pytest.approx((10 + 20 + 30) / (1000 + 2000 + 1000))
+    assert bench.paired_ratio(dflare, {"trigger_keys": [[2, 1]], "trigger_queries": [5]}) is None
+
+
+@pytest.mark.timeout(120)
+def test_json_out_writes_the_rows_with_each_triggered_seed(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "rows.json"
+    assert bench.main(["--seeds", "3", "--max-queries", "200", "--repeat", "1", "--algos", "dflare",
+                       "--seed", "4", "--json-out", str(out)]) == 0
+    assert "| dflare |" in capsys.readouterr().out  # the Markdown table still goes to stdout
+    rows = json.loads(out.read_text())
+    dflare = rows[0]
+    assert len(dflare["trigger_keys"]) == dflare["triggered"] == len(dflare["trigger_queries"])
+    assert all(rng_seed == 4 for rng_seed, _ in dflare["trigger_keys"])
