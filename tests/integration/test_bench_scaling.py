@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "scripts" / "bench_scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.script_support import load_script
 
 
 @pytest.mark.timeout(180)
 def test_seed_and_batch_axes_measure_each_point_in_a_child(capsys, monkeypatch):
-    bench = _bench()
+    bench = load_script("bench_scaling")
     monkeypatch.setattr(bench, "SEED_COUNTS", (5, 40))
     monkeypatch.setattr(bench, "LIVE_SEEDS", (1, 8))
     assert bench.main(["--axis", "seeds", "--budget", "40", "--json"]) == 0
@@ -43,7 +34,7 @@ def test_seed_and_batch_axes_measure_each_point_in_a_child(capsys, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_model_axis_with_fixtures_only_prints_a_table(capsys):
-    bench = _bench()
+    bench = load_script("bench_scaling")
     assert bench.main(["--axis", "model", "--fixtures-only", "--budget", "20"]) == 0
     out = capsys.readouterr().out
     assert "**model**" in out

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "scripts" / "bench_search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.script_support import load_script
 
 
 @pytest.mark.timeout(120)
 def test_bench_prints_one_json_list_of_rows(capsys):
-    bench = _bench()
+    bench = load_script("bench_search")
     code = bench.main(["--seeds", "4", "--max-queries", "300", "--repeat", "1", "--json",
                        "--algos", "dflare", "diffchaser", "diffchaser-pixel", "random"])
     assert code == 0
@@ -40,7 +31,7 @@ def test_bench_prints_one_json_list_of_rows(capsys):
 
 @pytest.mark.timeout(120)
 def test_several_rng_seeds_pool_into_one_row_per_algorithm(capsys):
-    bench = _bench()
+    bench = load_script("bench_search")
     common = ["--seeds", "3", "--max-queries", "200", "--repeat", "1", "--json", "--algos", "dflare", "random"]
     single = []
     for rng_seed in ("0", "1"):
@@ -65,7 +56,7 @@ def test_several_rng_seeds_pool_into_one_row_per_algorithm(capsys):
 
 
 def test_ratio_interval_brackets_the_ratio_of_means_and_widens_with_a_heavy_tail():
-    bench = _bench()
+    bench = load_script("bench_search")
     assert bench.ratio_interval([], [1.0]) is None
     assert bench.ratio_interval([2.0] * 10, [100.0] * 10) == pytest.approx((0.02, 0.02))
     light = [100.0] * 49 + [200.0]
@@ -79,7 +70,7 @@ def test_ratio_interval_brackets_the_ratio_of_means_and_widens_with_a_heavy_tail
 
 
 def test_paired_ratio_compares_only_the_runs_both_algorithms_triggered():
-    bench = _bench()
+    bench = load_script("bench_search")
     dflare = {"trigger_keys": [[0, 1], [0, 2], [1, 1], [1, 5]], "trigger_queries": [10, 20, 30, 9000]}
     chaser = {"trigger_keys": [[0, 2], [1, 1], [0, 1]], "trigger_queries": [2000, 1000, 1000]}
     ratio, common = bench.paired_ratio(dflare, chaser)
@@ -90,7 +81,7 @@ def test_paired_ratio_compares_only_the_runs_both_algorithms_triggered():
 
 @pytest.mark.timeout(120)
 def test_json_out_writes_the_rows_with_each_triggered_seed(tmp_path, capsys):
-    bench = _bench()
+    bench = load_script("bench_search")
     out = tmp_path / "rows.json"
     assert bench.main(["--seeds", "3", "--max-queries", "200", "--repeat", "1", "--algos", "dflare",
                        "--seed", "4", "--json-out", str(out)]) == 0

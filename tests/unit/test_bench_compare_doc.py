@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_compare.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_support import load_script
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
-    bench = _load()
+    bench = load_script("bench_compare")
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Agent throughput\n\nA.\n\n## Delegate comparison\n\nold\n\n## Search\n\nS.\n")
     bench.write_section("## Delegate comparison\n\nnew figures\n", doc)
@@ -29,6 +19,6 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
 
 
 def test_p50_gate_uses_the_worst_row():
-    bench = _load()
+    bench = load_script("bench_compare")
     rows = [{"ratio_p50": 1.05}, {"ratio_p50": 0.7}]
     assert abs(bench.worst_p50_deviation(rows) - 0.3) < 1e-9
