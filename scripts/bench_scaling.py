@@ -24,6 +24,7 @@ thread per model, in process (``LocalTarget``); the agent's throughput per batch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -149,7 +150,8 @@ def generated_pairs(workdir: Path) -> list[tuple[str, dict]]:
                 converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(100))
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             path = workdir / f"cnn-w{width}-{variant}.tflite"
-            path.write_bytes(converter.convert())
+            with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
+                path.write_bytes(converter.convert())
             paths[variant] = str(path)
         # trained on nothing, fed 0..1 like the fixtures (std 255 in the point's preprocessing)
         pairs.append((f"cnn-w{width} ({model.count_params():,} parameters)",
