@@ -27,6 +27,11 @@ def test_bench_prints_one_json_list_of_rows(capsys):
     # the same inputs with the same queries, batched or not (XNNPACK is batch-invariant)
     assert (batched["triggered"], batched["total_queries"]) == (sequential["triggered"], sequential["total_queries"])
     assert batched["speedup_vs_one_seed_at_a_time"] > 0
+    # inference is part of each run's wall time, so the ceiling it sets bounds the measured speed-up
+    assert 0 < batched["infer_s"] < batched["wall_s"] and 0 < sequential["infer_s"] < sequential["wall_s"]
+    assert batched["inference_s"] == batched["infer_s"]  # one round: its run is the median
+    assert batched["speedup_ceiling"] == pytest.approx(sequential["wall_s"] / batched["infer_s"])
+    assert batched["speedup_ceiling"] > batched["speedup_vs_one_seed_at_a_time"]
 
 
 @pytest.mark.timeout(120)
