@@ -23,9 +23,10 @@ triggered pair. A mean over a few dozen seeds is dominated by its slowest seeds 
 a ratio of means is only as good as the number of runs behind it. The speed-up rounds use the
 first rng seed.
 
-``--via-agent`` adds a row: the same DFlare search with the compressed model in a real
-``dflare-agent`` on loopback (``RemoteTarget``; the original stays in process), so seconds per
-trigger through gRPC compare with in-process on the same inputs and query counts.
+``--via-agent`` adds two rows: the same DFlare search with the compressed model in a real
+``dflare-agent`` on loopback (``RemoteTarget``; the original stays in process), batched and one
+seed at a time, so seconds per trigger through gRPC compare with in-process on the same inputs and
+query counts, and the batched speed-up is measured where each call pays a round trip.
 
 ``--json`` prints one JSON list of rows (``algo``, ``success_rate``, ``queries_per_trigger``,
 ``median_queries``, ``seconds_per_trigger``, plus counts); otherwise a Markdown table for
@@ -108,8 +109,11 @@ def measure(original, compressed, seeds, indices, algo: str, max_queries: int, r
     }
 
 
-def _through_agent(original, seeds, indices, args: argparse.Namespace) -> dict:
-    """DFlare with the compressed model in a real agent on loopback (the original in process)."""
+def _through_agent(original, seeds, indices, args: argparse.Namespace) -> list[dict]:
+    """DFlare with the compressed model in a real agent on loopback (the original in process).
+
+    Returns two rows, batched and one seed at a time; the batched one carries the speed-up.
+    """
     import tempfile
 
     from bench_agent import start_agent  # the agent launcher of scripts/bench_agent.py
@@ -123,8 +127,16 @@ def _through_agent(original, seeds, indices, args: argparse.Namespace) -> dict:
                 compressed = target.load(ModelSpec.from_path(
                     FIXTURES / "models" / f"{args.model}-{args.compressed}.tflite", delegate=args.delegate,
                     threads=args.threads))
-                return measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed[0],
-                               label="dflare (compressed model through the agent)", ignore_ties=args.ignore_ties)
+                label = "dflare (compressed model through the agent)"
+                batched = measure(original, compressed, seeds, indices, "dflare", args.max_queries, args.seed[0],
+                                  label=label, ignore_ties=args.ignore_ties)
+                sequential = measure(original, compressed, seeds, indices, "dflare", args.max_queries,
+                                     args.seed[0], sequential=True, label=label + ", one seed at a time",
+                                     ignore_ties=args.ignore_ties)
+                if batched["seconds_per_trigger"] and sequential["seconds_per_trigger"]:
+                    batched["speedup_vs_one_seed_at_a_time"] = (
+                        sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
+                return [batched, sequential]
         finally:
             process.terminate()
             process.wait(30)
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     sequential = _median_run(sequential_runs)
     rows.append(sequential)
     if args.via_agent:
-        rows.append(_through_agent(original, seeds, indices, args))
+        rows.extend(_through_agent(original, seeds, indices, args))
     by_algo = {r["algo"]: r for r in rows}
     batched = by_algo.get("dflare")
     spt_batched = _median_run(batched_runs)["seconds_per_trigger"]
@@ -368,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"run and {sequential['infer_s']:.2f} s of the {sequential['wall_s']:.2f} s one-at-a-time run, "
                       f"so no engine gets more than {batched['speedup_ceiling']:.1f}x here "
                       f"(the batched engine gets {100 * speedup / batched['speedup_ceiling']:.0f}% of that).")
+        agent = by_algo.get("dflare (compressed model through the agent)")
+        if agent and "speedup_vs_one_seed_at_a_time" in agent:
+            print(f"Through the agent (one round): batched {agent['speedup_vs_one_seed_at_a_time']:.1f}x faster per "
+                  "trigger than one seed at a time.")
         for name in CHASERS:
             key = "queries_vs_" + name.replace("-", "_")
             ratio = batched.get(key)

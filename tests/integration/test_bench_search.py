@@ -95,3 +95,21 @@ def test_json_out_writes_the_rows_with_each_triggered_seed(tmp_path, capsys):
     dflare = rows[0]
     assert len(dflare["trigger_keys"]) == dflare["triggered"] == len(dflare["trigger_queries"])
     assert all(rng_seed == 4 for rng_seed, _ in dflare["trigger_keys"])
+
+
+@pytest.mark.timeout(180)
+def test_via_agent_runs_the_same_search_through_a_real_agent_batched_and_one_at_a_time(capsys):
+    bench = load_script("bench_search")
+    assert bench.main(["--seeds", "3", "--max-queries", "200", "--repeat", "1", "--algos", "dflare",
+                       "--via-agent", "--json"]) == 0
+    rows = {r["algo"]: r for r in json.loads(capsys.readouterr().out)}
+    in_process = rows["dflare"]
+    batched = rows["dflare (compressed model through the agent)"]
+    sequential = rows["dflare (compressed model through the agent), one seed at a time"]
+    # the agent's outputs are the interpreter's, bit for bit: the same inputs with the same queries
+    for row in (batched, sequential):
+        assert (row["triggered"], row["total_queries"]) == (in_process["triggered"], in_process["total_queries"])
+    assert sequential["batch_calls"] > batched["batch_calls"]
+    if batched["triggered"]:
+        assert batched["speedup_vs_one_seed_at_a_time"] == pytest.approx(
+            sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
