@@ -15,7 +15,9 @@ uncertainty fitness; ``host/search/diffchaser.py``). Then the batched
 engine's speed-up: DFlare with every seed in lockstep (and speculation) vs the same engine one seed
 and one candidate at a time (``max_live_seeds=1, max_speculation=1``: the original's loop), in
 seconds per triggering input, alternated ``--repeat`` times (median). Both find the same inputs
-with the same query counts (on a batch-invariant delegate such as XNNPACK).
+with the same query counts (on a batch-invariant delegate such as XNNPACK). Each run also records
+how long it waited for the two models (``infer_s``); the one-at-a-time run's time over the batched
+run's inference is the ceiling (``speedup_ceiling``) no engine can pass on that machine.
 
 ``--seed 0 1 2`` repeats every algorithm under each random seed and pools the runs into one row
 per algorithm: success rate over every (seed image, rng seed) pair, mean and median over every
