@@ -23,7 +23,9 @@ run's inference is the ceiling (``speedup_ceiling``) no engine can pass on that 
 per algorithm: success rate over every (seed image, rng seed) pair, mean and median over every
 triggered pair. A mean over a few dozen seeds is dominated by its slowest seeds (a heavy tail), so
 a ratio of means is only as good as the number of runs behind it. The speed-up rounds use the
-first rng seed.
+first rng seed. Runs of different rng seeds can also go to separate processes or machines, each
+with ``--json-out``; ``--pool FILE ...`` (in rng-seed order) then prints the rows and ratios one run
+with all those rng seeds would print.
 
 ``--via-agent`` adds two rows: the same DFlare search with the compressed model in a real
 ``dflare-agent`` on loopback (``RemoteTarget``; the original stays in process), batched and one
@@ -155,7 +157,7 @@ def pooled(runs: list[dict]) -> dict:
     row = dict(runs[0])
     for key in ("seeds", "triggered", "flaky", "total_queries", "speculative_queries", "wall_s", "cpu_s",
                 "infer_s", "batch_calls"):
-        row[key] = sum(r[key] for r in runs)
+        row[key] = sum(r.get(key, 0) for r in runs)  # infer_s is missing from older files
     queries = [q for r in runs for q in r["trigger_queries"]]
     triggered = row["triggered"]
     row.update(
@@ -166,7 +168,8 @@ def pooled(runs: list[dict]) -> dict:
         median_queries=float(np.median(queries)) if queries else None,
         seconds_per_trigger=row["wall_s"] / triggered if triggered else None,
         total_queries_per_trigger=row["total_queries"] / triggered if triggered else None,
-        per_rng_seed=[{"queries_per_trigger": r["queries_per_trigger"], "triggered": r["triggered"]} for r in runs],
+        per_rng_seed=[p for r in runs for p in r.get("per_rng_seed") or
+                      [{"queries_per_trigger": r["queries_per_trigger"], "triggered": r["triggered"]}]],
     )
     return row
 
@@ -238,6 +241,13 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         + (" (each row pools every rng seed; the one-at-a-time row uses the first)." if len(args.seed) > 1 else "."),
         f"Machine: {machine()}.",
         "",
+    ]
+    return "\n".join(lines + [markdown_rows(rows)])
+
+
+def markdown_rows(rows: list[dict]) -> str:
+    """The Markdown table of ``rows``."""
+    lines = [
         "| algorithm | success rate | queries / trigger (mean) | median | seconds / trigger | total queries "
         "| all queries / trigger | speculative queries |",
         "|---|---|---|---|---|---|---|---|",
@@ -282,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--json-out", type=Path, metavar="FILE",
                         help="also write the rows (with every triggered seed's query count) to FILE as JSON")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="FILE",
+                        help="run nothing: pool --json-out FILEs of runs under different rng seeds (in rng-seed "
+                             "order) and print their rows and ratios")
     args = parser.parse_args(argv)
+    if args.pool:
+        return _print_pool(args)
     population = {"population_size": args.diffchaser_population} if args.diffchaser_population else {}
     chaser_options = {
         "diffchaser": {**population, **({"mutation_rate": args.diffchaser_mutation_rate}
@@ -347,19 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         batched["inference_s"] = float(np.median([b["infer_s"] for b in batched_runs]))
         if batched["inference_s"] > 0:
             batched["speedup_ceiling"] = sequential["wall_s"] / batched["inference_s"]
-    for name in CHASERS:
-        chaser = by_algo.get(name)
-        if batched and chaser and batched["queries_per_trigger"] and chaser["queries_per_trigger"]:
-            key = "queries_vs_" + name.replace("-", "_")
-            batched[key] = batched["queries_per_trigger"] / chaser["queries_per_trigger"]
-            batched[key + "_all_queries"] = batched["total_queries_per_trigger"] / chaser["total_queries_per_trigger"]
-            batched[key + "_ci95"] = ratio_interval(batched["trigger_queries"], chaser["trigger_queries"])
-            batched[key + "_paired"] = paired_ratio(batched, chaser)
-            if "per_rng_seed" in batched and "per_rng_seed" in chaser:
-                batched[key + "_per_rng_seed"] = [
-                    d["queries_per_trigger"] / c["queries_per_trigger"]
-                    if d["queries_per_trigger"] and c["queries_per_trigger"] else None
-                    for d, c in zip(batched["per_rng_seed"], chaser["per_rng_seed"])]
+    if batched:
+        compare_with_chasers(batched, by_algo)
 
     if args.json_out:
         args.json_out.write_text(json.dumps(rows))
@@ -386,22 +390,93 @@ def main(argv: list[str] | None = None) -> int:
         if agent and "speedup_vs_one_seed_at_a_time" in agent:
             print(f"Through the agent (one round): batched {agent['speedup_vs_one_seed_at_a_time']:.1f}x faster per "
                   "trigger than one seed at a time.")
-        for name in CHASERS:
-            key = "queries_vs_" + name.replace("-", "_")
-            ratio = batched.get(key)
-            if ratio is None:
-                continue
-            low, high = batched[key + "_ci95"]
-            verdict = "met" if ratio <= GOAL_QUERY_RATIO else "NOT met"
-            print(f"DFlare queries per trigger / {name}'s: {100 * ratio:.1f}% "
-                  f"(95% bootstrap interval {100 * low:.1f}-{100 * high:.1f}%; "
-                  f"goal <= {100 * GOAL_QUERY_RATIO:.0f}%: {verdict}); "
-                  f"all queries per trigger, failed seeds included: {100 * batched[key + '_all_queries']:.1f}%"
-                  + (f"; on the {paired[1]} runs both triggered: {100 * paired[0]:.1f}%"
-                     if (paired := batched.get(key + "_paired")) else "")
-                  + (f"; per rng seed: {', '.join(fmt(r and 100 * r, '.1f') + '%' for r in per_seed)}."
-                     if (per_seed := batched.get(key + "_per_rng_seed")) else "."))
+        print_ratios(batched)
     return 0
+
+
+def _print_pool(args: argparse.Namespace) -> int:
+    rows = pool_files(args.pool)
+    by_algo = {r["algo"]: r for r in rows}
+    if "dflare" in by_algo:
+        compare_with_chasers(by_algo["dflare"], by_algo)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"Pooled from {', '.join(map(str, args.pool))}.")
+    print()
+    print(markdown_rows(rows))
+    if "dflare" in by_algo:
+        print()
+        print_ratios(by_algo["dflare"])
+    return 0
+
+
+def compare_with_chasers(dflare: dict, by_algo: dict[str, dict]) -> None:
+    """Add DFlare's query ratios against each DiffChaser variant present to the ``dflare`` row."""
+    for name in CHASERS:
+        chaser = by_algo.get(name)
+        if not (chaser and dflare["queries_per_trigger"] and chaser["queries_per_trigger"]):
+            continue
+        key = "queries_vs_" + name.replace("-", "_")
+        dflare[key] = dflare["queries_per_trigger"] / chaser["queries_per_trigger"]
+        dflare[key + "_all_queries"] = dflare["total_queries_per_trigger"] / chaser["total_queries_per_trigger"]
+        dflare[key + "_ci95"] = ratio_interval(dflare["trigger_queries"], chaser["trigger_queries"])
+        dflare[key + "_paired"] = paired_ratio(dflare, chaser)
+        if "per_rng_seed" in dflare and "per_rng_seed" in chaser:
+            dflare[key + "_per_rng_seed"] = [
+                d["queries_per_trigger"] / c["queries_per_trigger"]
+                if d["queries_per_trigger"] and c["queries_per_trigger"] else None
+                for d, c in zip(dflare["per_rng_seed"], chaser["per_rng_seed"])]
+
+
+def print_ratios(dflare: dict) -> None:
+    """One line per DiffChaser variant: DFlare's query ratio, its interval and the goal's verdict."""
+    for name in CHASERS:
+        key = "queries_vs_" + name.replace("-", "_")
+        ratio = dflare.get(key)
+        if ratio is None:
+            continue
+        low, high = dflare[key + "_ci95"]
+        verdict = "met" if ratio <= GOAL_QUERY_RATIO else "NOT met"
+        print(f"DFlare queries per trigger / {name}'s: {100 * ratio:.1f}% "
+              f"(95% bootstrap interval {100 * low:.1f}-{100 * high:.1f}%; "
+              f"goal <= {100 * GOAL_QUERY_RATIO:.0f}%: {verdict}); "
+              f"all queries per trigger, failed seeds included: {100 * dflare[key + '_all_queries']:.1f}%"
+              + (f"; on the {paired[1]} runs both triggered: {100 * paired[0]:.1f}%"
+                 if (paired := dflare.get(key + "_paired")) else "")
+              + (f"; per rng seed: {', '.join(fmt(r and 100 * r, '.1f') + '%' for r in per_seed)}."
+                 if (per_seed := dflare.get(key + "_per_rng_seed")) else "."))
+
+
+def pool_files(paths: list[Path]) -> list[dict]:
+    """Pool ``--json-out`` files of runs under different rng seeds into one row per algorithm.
+
+    Pass the files in rng-seed order: the rows are then those of one run with all their rng seeds
+    (the same counts, means, intervals and per-rng-seed ratios). Rows other than the compared
+    algorithms' (one seed at a time, through the agent) measure speed, not efficacy, and are left out.
+    """
+    by_algo: dict[str, list[dict]] = {}
+    for path in paths:
+        try:
+            rows = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--pool: cannot read {path}: {exc}") from exc
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "algo" in r for r in rows):
+            raise SystemExit(f"--pool: {path} is not a bench_search --json-out file (a JSON list of rows)")
+        for row in rows:
+            if row["algo"] in ALGOS:
+                if "trigger_keys" not in row:
+                    raise SystemExit(f"--pool: {path} has no per-seed query counts; rerun it with this script")
+                by_algo.setdefault(row["algo"], []).append(row)
+    pooled_rows = []
+    for runs in by_algo.values():
+        row = pooled(runs)
+        for key in [k for k in row if k.startswith(("queries_vs_", "speedup", "cpu_speedup", "inference_s"))]:
+            del row[key]  # the first file's comparisons and timings do not hold for the pool
+        pooled_rows.append(row)
+    return pooled_rows
 
 
 if __name__ == "__main__":

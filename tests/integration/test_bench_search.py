@@ -113,3 +113,38 @@ def test_via_agent_runs_the_same_search_through_a_real_agent_batched_and_one_at_
     if batched["triggered"]:
         assert batched["speedup_vs_one_seed_at_a_time"] == pytest.approx(
             sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
+
+
+@pytest.mark.timeout(180)
+def test_pooling_json_out_files_gives_the_rows_of_one_run_with_all_their_rng_seeds(tmp_path, capsys):
+    bench = load_script("bench_search")
+    common = ["--seeds", "3", "--max-queries", "600", "--repeat", "1", "--algos", "dflare", "diffchaser"]
+    files = []
+    for rng_seed in ("0", "1"):
+        files.append(tmp_path / f"rng{rng_seed}.json")
+        assert bench.main([*common, "--seed", rng_seed, "--json-out", str(files[-1])]) == 0
+    capsys.readouterr()  # their Markdown tables
+    assert bench.main([*common, "--seed", "0", "1", "--json"]) == 0
+    together = {r["algo"]: r for r in json.loads(capsys.readouterr().out)}
+    assert bench.main(["--pool", *map(str, files), "--json"]) == 0
+    pooled = {r["algo"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(pooled) == {"dflare", "diffchaser"}  # the one-at-a-time rows measure speed: left out
+    for algo, row in pooled.items():
+        for key in ("seeds", "triggered", "total_queries", "trigger_queries", "trigger_keys", "queries_per_trigger",
+                    "median_queries", "per_rng_seed"):
+            assert row[key] == together[algo][key], (algo, key)
+    assert "queries_vs_diffchaser" in together["dflare"]  # the comparison is really checked below
+    for key in ("queries_vs_diffchaser", "queries_vs_diffchaser_ci95", "queries_vs_diffchaser_paired",
+                "queries_vs_diffchaser_per_rng_seed"):
+        assert pooled["dflare"][key] == pytest.approx(together["dflare"][key]), key
+    assert "speedup_vs_one_seed_at_a_time" not in pooled["dflare"]
+
+
+def test_pool_names_a_file_that_is_not_a_json_out_file(tmp_path):
+    bench = load_script("bench_search")
+    bad = tmp_path / "summary.json"
+    bad.write_text(json.dumps({"seeds": 3}))
+    with pytest.raises(SystemExit, match="summary.json is not a bench_search --json-out file"):
+        bench.main(["--pool", str(bad)])
+    with pytest.raises(SystemExit, match="cannot read .*missing.json"):
+        bench.main(["--pool", str(tmp_path / "missing.json")])
