@@ -51,6 +51,7 @@ bench: venv
 	$(PY) scripts/bench_search.py
 	$(PY) scripts/bench_compare.py --write
 	$(PY) scripts/bench_scaling.py
+	$(PY) scripts/bench_mutations.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

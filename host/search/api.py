@@ -88,6 +88,7 @@ def run(
     verify_runs: int = VERIFY_RUNS,
     max_live_seeds: int = MAX_LIVE_SEEDS,
     max_speculation: int = MAX_SPECULATION,
+    mutation_threads: int | None = None,
     on_event: Callable[[Event], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     bound: PerturbationBound | None = None,
@@ -110,6 +111,8 @@ def run(
         verify_runs: re-runs a deviation must survive on both models.
         max_live_seeds: seeds searched in lockstep at most.
         max_speculation: candidates DFlare may propose per seed and step (results do not depend on it).
+        mutation_threads: threads a step's mutations may be split over (default: the CPUs, at most 8;
+            only batches of large images split; results do not depend on it).
         on_event: called with every engine event (started, flaky, triggered, exhausted, skipped).
         clock: monotonic clock (injectable for tests).
         bound: keep every mutant within ``max_linf`` / ``min_ssim`` of its seed (``bounds.py``); the
@@ -124,7 +127,8 @@ def run(
     """
     engine = Engine(original, compressed, searcher_factory(algo, **algo_options), algo=algo,
                     budget=Budget.of(budget), rng_seed=rng_seed, verify_runs=verify_runs,
-                    max_live_seeds=max_live_seeds, max_speculation=max_speculation, clock=clock,
+                    max_live_seeds=max_live_seeds, max_speculation=max_speculation,
+                    mutation_threads=mutation_threads, clock=clock,
                     candidate_filter=BoundFilter(bound) if bound is not None and bound.active else None,
                     ignore_ties=ignore_ties)
     for event in engine.run(seeds, labels=labels, indices=indices):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,8 @@ MAX_LIVE_SEEDS: int = 256
 #: an accepted one is wasted inference, and accepted ones come every few candidates on a fresh seed.
 SPECULATION_BATCH: int = 64
 MAX_SPECULATION: int = 16
+#: Threads a step's mutations may use at most (``mutations.apply_parallel``; only large batches split).
+MAX_MUTATION_THREADS: int = 8
 #: Per-seed query budget when none is given: the issue's acceptance bar (5,000 queries per seed).
 DEFAULT_MAX_QUERIES: int = 5000
 
@@ -195,6 +198,8 @@ class Engine:
         max_live_seeds: seeds searched in lockstep at most.
         max_speculation: candidates a speculative searcher may propose per step (1: none); results
             and counted queries do not depend on it.
+        mutation_threads: threads a step's mutations may be split over (default: the CPUs, at most
+            MAX_MUTATION_THREADS; 1: none). Only batches of large images split; the mutants are the same.
         clock: a monotonic clock in seconds (injectable for tests).
         candidate_filter: a perturbation bound's hook (``bounds.BoundFilter``): projects each step's
             mutants or swaps rejected ones for their parents; its counts go to ``extra["bound"]``.
@@ -214,6 +219,7 @@ class Engine:
         verify_runs: int = VERIFY_RUNS,
         max_live_seeds: int = MAX_LIVE_SEEDS,
         max_speculation: int = MAX_SPECULATION,
+        mutation_threads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         candidate_filter: BoundFilter | None = None,
         ignore_ties: bool = False,
@@ -222,6 +228,8 @@ class Engine:
             raise ConfigError(f"verify_runs must be at least 1, got {verify_runs}")
         if max_live_seeds < 1:
             raise ConfigError(f"max_live_seeds must be at least 1, got {max_live_seeds}")
+        if mutation_threads is not None and mutation_threads < 1:
+            raise ConfigError(f"mutation_threads must be at least 1, got {mutation_threads}")
         if rng_seed < 0:
             raise ConfigError(f"the random seed must be a non-negative integer, got {rng_seed}")
         self.original = original
@@ -233,6 +241,8 @@ class Engine:
         self.verify_runs = verify_runs
         self.max_live_seeds = max_live_seeds
         self.max_speculation = max(1, int(max_speculation))
+        self.mutation_threads = int(mutation_threads) if mutation_threads is not None \
+            else max(1, min(os.cpu_count() or 1, MAX_MUTATION_THREADS))
         self.candidate_filter = candidate_filter  # a perturbation bound's hook (bounds.py), or None
         self.ignore_ties = bool(ignore_ties)
         self.clock = clock
@@ -249,6 +259,7 @@ class Engine:
         self.started_at: float | None = None
         self.statistics: dict[str, float | str] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._mutation_pool: ThreadPoolExecutor | None = None  # helpers of apply_parallel (threads start on use)
 
     # -- the one exit path ------------------------------------------------------------------
     def exit_with(self, reason: ExitReason) -> None:
@@ -330,6 +341,9 @@ class Engine:
         live: list[_SeedRun] = []
         self.started_at = self.clock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dflare-infer")
+        if self.mutation_threads > 1:
+            self._mutation_pool = ThreadPoolExecutor(max_workers=self.mutation_threads - 1,
+                                                     thread_name_prefix="dflare-mutate")
         try:
             while queue or live:
                 events: list[Event] = []
@@ -361,6 +375,9 @@ class Engine:
         finally:
             self._pool.shutdown(wait=True)
             self._pool = None
+            if self._mutation_pool is not None:
+                self._mutation_pool.shutdown(wait=True)
+                self._mutation_pool = None
 
     def _check_campaign_time(self) -> None:
         limit = self.budget.campaign_max_seconds
@@ -404,7 +421,8 @@ class Engine:
         with self._phase("mutate"):
             flat = [(idx, c) for idx, cands in rows.items() for c in cands]
             if flat:
-                mutants = mutations.apply(np.stack([c.base for _, c in flat]), [c.step for _, c in flat])
+                mutants = mutations.apply_parallel(np.stack([c.base for _, c in flat]), [c.step for _, c in flat],
+                                                   self._mutation_pool, self.mutation_threads)
                 if self.candidate_filter is not None:  # project / reject mutants outside the bound
                     mutants = self.candidate_filter([c for _, c in flat], mutants,
                                                     np.stack([by_index[i].image for i, _ in flat]),

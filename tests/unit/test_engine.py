@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+import host.search.mutations as mutations
 from host.errors import ConfigError, SeedError
 from host.search import ALGORITHMS, Budget, Engine, EventKind, ExitReason, SeedStatus, replay, run, searcher_factory
 from host.search.engine import seed_rng
@@ -263,6 +264,31 @@ def test_seed_generators_depend_only_on_run_seed_and_index():
     assert a.tolist() == seed_rng(5, 17).integers(0, 2**32, 4).tolist()
     assert a.tolist() != seed_rng(5, 18).integers(0, 2**32, 4).tolist()
     assert a.tolist() != seed_rng(6, 17).integers(0, 2**32, 4).tolist()
+
+
+@pytest.mark.parametrize("algo", ["dflare", "diffchaser"])
+def test_mutations_split_over_threads_change_no_result(algo, monkeypatch):
+    original, compressed = LinearSession(), LinearSession(step=0.25)
+    seeds = _agreeing_seeds(6, original, compressed)
+    options = {"population_size": 6} if algo == "diffchaser" else {}
+    one = {r.seed_index: r for r in run(original, compressed, seeds, algo, 120, 3, mutation_threads=1, **options)}
+    threads: set[str] = set()
+    apply = mutations.apply
+
+    def recording_apply(images, steps):
+        threads.add(threading.current_thread().name)
+        return apply(images, steps)
+
+    monkeypatch.setattr(mutations, "PARALLEL_MIN_VALUES", 1)  # split even these 8x8 batches
+    monkeypatch.setattr(mutations, "apply", recording_apply)
+    split = {r.seed_index: r for r in run(original, compressed, seeds, algo, 120, 3, mutation_threads=3, **options)}
+    assert any(name.startswith("dflare-mutate") for name in threads)  # the split really happened
+    for i, r in one.items():
+        assert (split[i].status, split[i].queries, split[i].trace) == (r.status, r.queries, r.trace)
+        if r.image is not None:
+            assert split[i].image.tobytes() == r.image.tobytes()
+    with pytest.raises(ConfigError, match="mutation_threads"):
+        Engine(original, compressed, searcher_factory("dflare"), mutation_threads=0)
 
 
 def test_bad_seeds_and_budgets_are_reported_clearly():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -212,6 +213,46 @@ def test_batched_apply_equals_one_image_at_a_time():
     for i in range(21):
         np.testing.assert_array_equal(batched[i], apply(images[i : i + 1], [steps[i]])[0])
     np.testing.assert_array_equal(batched[3], images[3])
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A thread pool that counts the chunks it was given."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="test-mutate")
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_apply_in_row_chunks_on_threads_gives_the_bytes_of_one_call(workers):
+    rng = np.random.default_rng(5)
+    shape = (40, 40, 3)
+    images = _images(17, shape, seed=4)
+    steps = [draw(OPERATORS[i % len(OPERATORS)], rng, shape, faithful=i % 3 == 0) for i in range(17)]
+    steps[6] = None
+    with CountingExecutor(workers - 1) as pool:
+        chunked = mutations.apply_parallel(images, steps, pool, workers, min_values=1)
+        assert pool.submitted == workers - 1  # the calling thread took one chunk itself
+    assert chunked.tobytes() == apply(images, steps).tobytes()
+
+
+def test_apply_parallel_keeps_small_batches_on_the_calling_thread():
+    images = _images(4, (32, 32, 3))
+    steps = [draw("gaussian_noise", np.random.default_rng(i), (32, 32, 3)) for i in range(4)]
+    with CountingExecutor(1) as pool:
+        # 4 x 3,072 values: below two chunks of the default minimum
+        out = mutations.apply_parallel(images, steps, pool, 2)
+        assert pool.submitted == 0
+        # chunks of at least half the batch: two of them
+        assert mutations.apply_parallel(images, steps, pool, 8, min_values=images.size // 2).tobytes() == out.tobytes()
+        assert pool.submitted == 1
+    assert mutations.apply_parallel(images, steps, None, 8, min_values=1).tobytes() == out.tobytes()
+    with pytest.raises(MutationError, match="uint8"):
+        mutations.apply_parallel(images.astype(np.float32), steps, None, 2)
 
 
 def test_replay_of_a_trace_through_json_reproduces_the_mutant_byte_for_byte():

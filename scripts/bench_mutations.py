@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Mutation cost: the seven operators on one batch, on one thread and split over several.
+
+For each image size, a batch of candidates with the operators in equal shares (the mix DFlare's
+uniform choice gives) is mutated by ``mutations.apply`` on the calling thread, then by
+``mutations.apply_parallel`` in row chunks over 2..N threads. Both give the same bytes (checked
+here). Reported: milliseconds per batch (median of the rounds), microseconds per candidate and the
+speed-up. numpy releases the GIL inside its loops, so large images gain from threads while small
+ones only pay the hand-off; the cut-over is ``mutations.PARALLEL_MIN_VALUES``.
+
+    python scripts/bench_mutations.py [--rows 32] [--rounds 15] [--threads 2] [--json]
+    python scripts/bench_mutations.py --search [--search-size 224] [--search-seeds 32]
+
+``--search`` measures the same split inside a whole DFlare search: a small random-weight CNN
+(float32 and int8, made with TensorFlow, the ``repair`` extra) that takes 224x224x3 images, seeds
+made by enlarging the digits32rgb fixture seeds, searched with one mutation thread and with the
+engine's default. Both runs must find the same inputs with the same queries; the table gives their
+wall time and the engine's mutate and inference phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host.search import mutations  # noqa: E402
+
+#: (H, W, C): the fixtures' sizes, then the usual mobile classifier inputs.
+SHAPES: tuple[tuple[int, int, int], ...] = (
+    (28, 28, 1), (32, 32, 3), (64, 64, 3), (96, 96, 3), (160, 160, 3), (224, 224, 3))
+
+
+def batch(shape: tuple[int, int, int], rows: int, seed: int = 0) -> tuple[np.ndarray, list]:
+    """Random images and one drawn step per row, operators in turn."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (rows, *shape), dtype=np.uint8)
+    steps = [mutations.draw(mutations.OPERATORS[i % len(mutations.OPERATORS)], rng, shape) for i in range(rows)]
+    return images, steps
+
+
+def median_ms(run, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure(shape: tuple[int, int, int], rows: int, rounds: int, threads: list[int]) -> dict:
+    images, steps = batch(shape, rows)
+    serial = mutations.apply(images, steps)
+    row = {"shape": list(shape), "rows": rows, "values": int(images.size)}
+    row["serial_ms"] = median_ms(lambda: mutations.apply(images, steps), rounds)
+    row["threads"] = {}
+    for n in threads:
+        with ThreadPoolExecutor(max_workers=n - 1) as pool:
+            # force the split whatever the size, to see where it stops paying
+            def run(n=n, pool=pool):
+                return mutations.apply_parallel(images, steps, pool, n, min_values=0)
+
+            if run().tobytes() != serial.tobytes():
+                raise SystemExit(f"apply_parallel differs from apply on {shape} with {n} threads")
+            row["threads"][n] = median_ms(run, rounds)
+    return row
+
+
+def _cnn_pair(size: int, seeds: np.ndarray, workdir: Path) -> tuple[Path, Path]:
+    """A small strided CNN taking size x size x 3 images, as float32 and int8 TFLite files."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.Input((size, size, 3)),
+        tf.keras.layers.Conv2D(8, 5, strides=4, activation="relu"),
+        tf.keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+        tf.keras.layers.GlobalAveragePooling2D(),
+        tf.keras.layers.Dense(10, activation="softmax"),
+    ])
+    calibration = seeds.astype(np.float32) / 255.0
+    paths = []
+    for variant in ("float32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if variant == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        path = workdir / f"cnn{size}-{variant}.tflite"
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
+            path.write_bytes(converter.convert())
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def measure_search(size: int, n_seeds: int, budget: int, rounds: int) -> list[dict]:
+    """DFlare on ``n_seeds`` enlarged seeds, one mutation thread vs the engine's default, alternated."""
+    from host.search import Engine, searcher_factory
+    from host.targets import LocalTarget, ModelSpec
+    from host.targets.base import Preprocessing
+
+    x = np.load(ROOT / "tests" / "fixtures" / "seeds" / "digits32rgb.npz")["x"][:n_seeds]
+    factor = -(-size // x.shape[1])
+    seeds = np.ascontiguousarray(np.repeat(np.repeat(x, factor, 1), factor, 2)[:, :size, :size, :])
+    with tempfile.TemporaryDirectory(prefix="bench-mutations-") as tmp:
+        original_path, compressed_path = _cnn_pair(size, seeds, Path(tmp))
+        target = LocalTarget()
+        pre = Preprocessing(std=(255.0,))  # trained on nothing, fed 0..1
+        original = target.load(ModelSpec.from_path(original_path, delegate="xnnpack", threads=1, preprocessing=pre))
+        compressed = target.load(ModelSpec.from_path(compressed_path, delegate="xnnpack", threads=1,
+                                                     preprocessing=pre))
+        runs: dict[str, list[dict]] = {"1 thread": [], "default": []}
+        for _ in range(rounds):
+            for label, threads in (("1 thread", 1), ("default", None)):
+                engine = Engine(original, compressed, searcher_factory("dflare"), budget=budget, rng_seed=0,
+                                mutation_threads=threads)
+                start = time.perf_counter()
+                results = [e.result for e in engine.run(seeds) if e.result is not None]
+                runs[label].append({
+                    "wall_s": time.perf_counter() - start, "queries": engine.total_queries,
+                    "triggered": sum(r.status.name == "triggered" for r in results),
+                    "mutate_s": engine.statistics.get("mutate_s", 0.0),
+                    "infer_s": engine.statistics.get("infer_s", 0.0),
+                    "mutation_threads": engine.mutation_threads})
+    if len({(r["queries"], r["triggered"]) for rs in runs.values() for r in rs}) != 1:
+        raise SystemExit(f"the searches differ with the number of mutation threads: {runs}")
+    rows = []
+    for label, rs in runs.items():
+        median = sorted(rs, key=lambda r: r["wall_s"])[len(rs) // 2]
+        rows.append({"mode": label, "size": size, "seeds": n_seeds, "budget": budget,
+                     "rounds": [round(r["wall_s"], 2) for r in rs], **median})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=32, help="candidates per batch (default 32)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per point (median; default 15)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="thread counts to split over (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    parser.add_argument("--search", action="store_true",
+                        help="measure a whole DFlare search on large images instead (needs TensorFlow)")
+    parser.add_argument("--search-size", type=int, default=224, help="image side for --search (default 224)")
+    parser.add_argument("--search-seeds", type=int, default=32, help="seeds for --search (default 32)")
+    parser.add_argument("--search-budget", type=int, default=400, help="queries per seed for --search (default 400)")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.rounds < 1 or min(args.threads) < 2:
+        parser.error("--rows and --rounds must be at least 1, --threads at least 2")
+    if args.search:
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            raise SystemExit("--search makes its models with TensorFlow: pip install -e '.[repair]'") from None
+        rows = measure_search(args.search_size, args.search_seeds, args.search_budget, rounds=3)
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print(f"DFlare, {rows[0]['seeds']} seeds of {args.search_size}x{args.search_size}x3, {rows[0]['budget']} "
+              f"queries per seed, {os.cpu_count()} CPUs; median of 3 alternating rounds.")
+        print()
+        print("| mutation threads | wall s (rounds) | mutate s | inference s | queries | triggered |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['mode']} ({r['mutation_threads']}) | {r['wall_s']:.2f} ({', '.join(map(str, r['rounds']))}) | "
+                  f"{r['mutate_s']:.2f} | {r['infer_s']:.2f} | {r['queries']:,} | {r['triggered']} |")
+        return 0
+    rows = [measure(shape, args.rows, args.rounds, args.threads) for shape in SHAPES]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{args.rows} candidates per batch, operators in turn; median of {args.rounds} rounds; "
+          f"{os.cpu_count()} CPUs; cut-over PARALLEL_MIN_VALUES = {mutations.PARALLEL_MIN_VALUES:,} values.")
+    print()
+    head = " | ".join(f"{n} threads: ms (speed-up)" for n in args.threads)
+    print(f"| image | values per batch | 1 thread: ms per batch | us per candidate | {head} |")
+    print("|---" * (4 + len(args.threads)) + "|")
+    for r in rows:
+        cells = " | ".join(f"{ms:.2f} ({r['serial_ms'] / ms:.2f}x)" for ms in r["threads"].values())
+        print(f"| {'x'.join(map(str, r['shape']))} | {r['values']:,} | {r['serial_ms']:.2f} | "
+              f"{1e3 * r['serial_ms'] / r['rows']:.0f} | {cells} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
