@@ -164,34 +164,38 @@ def main(argv: list[str] | None = None) -> int:
             import tensorflow  # noqa: F401
         except ImportError:
             raise SystemExit("--search makes its models with TensorFlow: pip install -e '.[repair]'") from None
-        rows = measure_search(args.search_size, args.search_seeds, args.search_budget, rounds=3)
-        if args.json:
-            print(json.dumps(rows))
-            return 0
-        print(f"DFlare, {rows[0]['seeds']} seeds of {args.search_size}x{args.search_size}x3, {rows[0]['budget']} "
-              f"queries per seed, {os.cpu_count()} CPUs; median of 3 alternating rounds.")
-        print()
-        print("| mutation threads | wall s (rounds) | mutate s | inference s | queries | triggered |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['mode']} ({r['mutation_threads']}) | {r['wall_s']:.2f} ({', '.join(map(str, r['rounds']))}) | "
-                  f"{r['mutate_s']:.2f} | {r['infer_s']:.2f} | {r['queries']:,} | {r['triggered']} |")
-        return 0
-    rows = [measure(shape, args.rows, args.rounds, args.threads) for shape in SHAPES]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    print(f"{args.rows} candidates per batch, operators in turn; median of {args.rounds} rounds; "
-          f"{os.cpu_count()} CPUs; cut-over PARALLEL_MIN_VALUES = {mutations.PARALLEL_MIN_VALUES:,} values.")
-    print()
+        rows, table = measure_search(args.search_size, args.search_seeds, args.search_budget, rounds=3), search_table
+    else:
+        rows, table = [measure(shape, args.rows, args.rounds, args.threads) for shape in SHAPES], batch_table
+    print(json.dumps(rows) if args.json else table(rows, args))
+    return 0
+
+
+def batch_table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown: one line per image size, one thread vs each split."""
     head = " | ".join(f"{n} threads: ms (speed-up)" for n in args.threads)
-    print(f"| image | values per batch | 1 thread: ms per batch | us per candidate | {head} |")
-    print("|---" * (4 + len(args.threads)) + "|")
+    lines = [f"{args.rows} candidates per batch, operators in turn; median of {args.rounds} rounds; "
+             f"{os.cpu_count()} CPUs; cut-over PARALLEL_MIN_VALUES = {mutations.PARALLEL_MIN_VALUES:,} values.", "",
+             f"| image | values per batch | 1 thread: ms per batch | us per candidate | {head} |",
+             "|---" * (4 + len(args.threads)) + "|"]
     for r in rows:
         cells = " | ".join(f"{ms:.2f} ({r['serial_ms'] / ms:.2f}x)" for ms in r["threads"].values())
-        print(f"| {'x'.join(map(str, r['shape']))} | {r['values']:,} | {r['serial_ms']:.2f} | "
-              f"{1e3 * r['serial_ms'] / r['rows']:.0f} | {cells} |")
-    return 0
+        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['values']:,} | {r['serial_ms']:.2f} | "
+                     f"{1e3 * r['serial_ms'] / r['rows']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
+def search_table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown: the search with one mutation thread and with the engine's default."""
+    lines = [f"DFlare, {rows[0]['seeds']} seeds of {args.search_size}x{args.search_size}x3, {rows[0]['budget']} "
+             f"queries per seed, {os.cpu_count()} CPUs; median of 3 alternating rounds.", "",
+             "| mutation threads | wall s (rounds) | mutate s | inference s | queries | triggered |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} ({r['mutation_threads']}) | {r['wall_s']:.2f} "
+                     f"({', '.join(map(str, r['rounds']))}) | {r['mutate_s']:.2f} | {r['infer_s']:.2f} | "
+                     f"{r['queries']:,} | {r['triggered']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
