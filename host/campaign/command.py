@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "CPU path), cpu (builtin kernels), ref, gpu, nnapi, external:/path/lib.so")
     p.add_argument("--reference-delegate", metavar="D", help="the original model's delegate (default xnnpack)")
     p.add_argument("--threads", type=int, metavar="N", help="interpreter threads for both models")
+    p.add_argument("--mutation-threads", type=int, metavar="N",
+                   help="host threads for a step's mutations (default: one per CPU, at most 8; only batches of "
+                   "large images split; the results are the same)")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean, overriding the model's metadata")
     p.add_argument("--std", type=float, nargs="+", help="per-channel std, overriding the model's metadata")
     p.add_argument("--scale", type=float, help="pixel scale (input = pixel * scale), overriding the metadata")

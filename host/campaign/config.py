@@ -41,9 +41,10 @@ DEFAULT_RERUNS = 3
 #: Fields that do not change what a campaign computes, so resuming with other values is allowed:
 #: where files live (their contents are compared by digest), where output goes, credentials, and
 #: what the exit code does.
-#: Minimization runs after the search and never changes its results, so it may change on resume too.
+#: Minimization runs after the search and never changes its results, so it may change on resume too;
+#: nor do the host threads that mutate a step's candidates.
 NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
-                                 "connect_timeout_s", "minimize", "minimize_max_queries"})
+                                 "connect_timeout_s", "minimize", "minimize_max_queries", "mutation_threads"})
 
 #: Identity fields added after campaign directories were written, with their defaults: a campaign
 #: at the default keeps the identity it had before the field existed.
@@ -84,6 +85,8 @@ class CampaignConfig:
         delegate: the compressed model's delegate on ``target``.
         reference_delegate: the original model's delegate on ``reference_target``.
         threads: interpreter threads for both models (``None``: the runtime's default).
+        mutation_threads: host threads a step's mutations may be split over (``None``: one per CPU, at
+            most 8); only batches of large images split, and the results are the same.
         mean: per-channel mean for preprocessing, overriding model metadata.
         std: per-channel std for preprocessing, overriding model metadata.
         scale: shorthand for ``mean=0, std=1/scale`` (e.g. ``scale = 0.00392156`` maps 0..255 to 0..1).
@@ -116,6 +119,7 @@ class CampaignConfig:
     delegate: str = "xnnpack"
     reference_delegate: str = "xnnpack"
     threads: int | None = None
+    mutation_threads: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     scale: float | None = None
@@ -254,7 +258,8 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, (str, Path)):
                 raise TypeError("expected a path")
             return Path(value)
-        if name in ("max_queries", "threads", "limit", "reruns", "seed", "minimize_max_queries", "max_linf"):
+        if name in ("max_queries", "threads", "mutation_threads", "limit", "reruns", "seed", "minimize_max_queries",
+                    "max_linf"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError("expected an integer")
             return int(value)
@@ -295,8 +300,9 @@ def _validate(cfg: CampaignConfig) -> None:
             raise bad(name, "must be a positive number of seconds")
     if cfg.max_queries is None and cfg.timeout_s is None:
         raise bad("max_queries", "a campaign needs a budget: set max_queries, timeout_s, or both")
-    if cfg.threads is not None and cfg.threads <= 0:
-        raise bad("threads", "must be a positive thread count")
+    for name in ("threads", "mutation_threads"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise bad(name, "must be a positive thread count")
     if cfg.limit is not None and cfg.limit <= 0:
         raise bad("limit", "must be a positive number of seeds")
     if cfg.reruns < 0:

@@ -86,7 +86,7 @@ def engine_search(job: SearchJob) -> Iterator[SeedResult]:
         job.original, job.compressed, job.images, algo=cfg.algo,
         budget=Budget(max_queries=cfg.max_queries, max_seconds=cfg.timeout_s), rng_seed=cfg.seed,
         labels=job.labels, indices=job.seed_indices, verify_runs=cfg.reruns, bound=bound_of(cfg),
-        ignore_ties=cfg.ignore_ties,
+        ignore_ties=cfg.ignore_ties, mutation_threads=cfg.mutation_threads,
     )
 
 

@@ -74,6 +74,8 @@ def test_target_spec_with_options_sets_delegate_and_threads() -> None:
     ({"scale": 0.5, "mean": [1.0]}, "scale"),
     ({"std": [0.0]}, "std"),
     ({"resize": "yes"}, "resize"),
+    ({"mutation_threads": 0}, "mutation_threads"),
+    ({"mutation_threads": 1.5}, "mutation_threads"),
 ])
 def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
     base = {"original": "o", "compressed": "c", "seeds": "s"}
@@ -102,4 +104,5 @@ def test_identity_ignores_output_and_paths_but_not_settings() -> None:
     assert a.canonical_json() == b.canonical_json() and a.digest() == b.digest()
     assert a.digest() != a.replace(max_queries=7).digest()
     assert a.digest() != a.replace(target="grpc://h:1").digest()
+    assert a.digest() == a.replace(mutation_threads=2).digest()  # the same results on any number of threads
     assert '"algo":"dflare"' in a.canonical_json()

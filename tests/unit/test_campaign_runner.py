@@ -249,3 +249,22 @@ def test_progress_lines_and_bar_follow_the_campaign(finished: Path) -> None:
     task = bar._progress.tasks[0]
     bar.finish()
     assert task.completed == len(records) and task.fields["triggered"] == hits - 1
+
+
+def test_mutation_threads_reach_the_engine_and_do_not_block_a_resume(tmp_path: Path, monkeypatch) -> None:
+    import host.search
+
+    seen = []
+    real_run = host.search.run
+
+    def recording_run(*args, **kwargs):
+        seen.append(kwargs.get("mutation_threads"))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(host.search, "run", recording_run)
+    out = tmp_path / "threads"
+    first = run(make_config(out, limit=2, max_queries=60, mutation_threads=1, minimize=False), search=engine_search)
+    assert seen == [1]
+    # another thread count computes the same campaign: it resumes (nothing is left) instead of being refused
+    again = run(make_config(out, limit=2, max_queries=60, mutation_threads=3, minimize=False), search=engine_search)
+    assert again.summary["triggered"] == first.summary["triggered"]
