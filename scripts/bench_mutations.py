@@ -21,7 +21,6 @@ wall time and the engine's mutate and inference phases.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from host.search import mutations  # noqa: E402
 
@@ -90,24 +90,15 @@ def _cnn_pair(size: int, seeds: np.ndarray, workdir: Path) -> tuple[Path, Path]:
         tf.keras.layers.GlobalAveragePooling2D(),
         tf.keras.layers.Dense(10, activation="softmax"),
     ])
-    calibration = seeds.astype(np.float32) / 255.0
-    paths = []
-    for variant in ("float32", "int8"):
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        if variant == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        path = workdir / f"cnn{size}-{variant}.tflite"
-        with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
-            path.write_bytes(converter.convert())
-        paths.append(path)
-    return paths[0], paths[1]
+    from bench_scaling import tflite_pair  # the same conversion as the model axis of bench_scaling.py
+
+    paths = tflite_pair(model, seeds.astype(np.float32) / 255.0, workdir / f"cnn{size}")
+    return paths["float32"], paths["int8"]
 
 
 def measure_search(size: int, n_seeds: int, budget: int, rounds: int) -> list[dict]:
     """DFlare on ``n_seeds`` enlarged seeds, one mutation thread vs the engine's default, alternated."""
-    from host.search import Engine, searcher_factory
+    from host.search import Engine, SeedStatus, searcher_factory
     from host.targets import LocalTarget, ModelSpec
     from host.targets.base import Preprocessing
 
@@ -130,7 +121,7 @@ def measure_search(size: int, n_seeds: int, budget: int, rounds: int) -> list[di
                 results = [e.result for e in engine.run(seeds) if e.result is not None]
                 runs[label].append({
                     "wall_s": time.perf_counter() - start, "queries": engine.total_queries,
-                    "triggered": sum(r.status.name == "triggered" for r in results),
+                    "triggered": sum(r.status is SeedStatus.triggered for r in results),
                     "mutate_s": engine.statistics.get("mutate_s", 0.0),
                     "infer_s": engine.statistics.get("infer_s", 0.0),
                     "mutation_threads": engine.mutation_threads})

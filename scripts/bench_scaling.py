@@ -142,22 +142,33 @@ def generated_pairs(workdir: Path) -> list[tuple[str, dict]]:
             tf.keras.layers.Dense(64 * width, activation="relu"),
             tf.keras.layers.Dense(10, activation="softmax"),
         ])
-        paths = {}
-        for variant in ("float32", "int8"):
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            if variant == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(100))
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            path = workdir / f"cnn-w{width}-{variant}.tflite"
-            with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
-                path.write_bytes(converter.convert())
-            paths[variant] = str(path)
+        paths = tflite_pair(model, x[:100], workdir / f"cnn-w{width}")
         # trained on nothing, fed 0..1 like the fixtures (std 255 in the point's preprocessing)
         pairs.append((f"cnn-w{width} ({model.count_params():,} parameters)",
-                      {"original": paths["float32"], "compressed": paths["int8"], "std": 255.0,
+                      {"original": str(paths["float32"]), "compressed": str(paths["int8"]), "std": 255.0,
                        "seeds_file": str(FIXTURES / "seeds" / "digits28.npz")}))
     return pairs
+
+
+def tflite_pair(model, calibration: np.ndarray, stem: Path) -> dict[str, Path]:
+    """Convert a Keras ``model`` to ``{stem}-float32.tflite`` and a full-int8 ``{stem}-int8.tflite``.
+
+    ``calibration``: float32 inputs, one per representative sample of the int8 conversion.
+    """
+    import tensorflow as tf
+
+    paths = {}
+    for variant in ("float32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if variant == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        path = stem.with_name(f"{stem.name}-{variant}.tflite")
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel's signature
+            path.write_bytes(converter.convert())
+        paths[variant] = path
+    return paths
 
 
 def points(axis: str, budget: int, workdir: Path, generate: bool = True) -> list[dict]:
