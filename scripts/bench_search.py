@@ -156,8 +156,9 @@ def pooled(runs: list[dict]) -> dict:
         return runs[0]
     row = dict(runs[0])
     for key in ("seeds", "triggered", "flaky", "total_queries", "speculative_queries", "wall_s", "cpu_s",
-                "infer_s", "batch_calls"):
-        row[key] = sum(r.get(key, 0) for r in runs)  # infer_s is missing from older files
+                "batch_calls"):
+        row[key] = sum(r[key] for r in runs)
+    row["infer_s"] = sum(r.get("infer_s", 0.0) for r in runs)  # missing from files written before it
     queries = [q for r in runs for q in r["trigger_queries"]]
     triggered = row["triggered"]
     row.update(
