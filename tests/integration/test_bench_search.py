@@ -110,9 +110,9 @@ def test_via_agent_runs_the_same_search_through_a_real_agent_batched_and_one_at_
     for row in (batched, sequential):
         assert (row["triggered"], row["total_queries"]) == (in_process["triggered"], in_process["total_queries"])
     assert sequential["batch_calls"] > batched["batch_calls"]
-    if batched["triggered"]:
-        assert batched["speedup_vs_one_seed_at_a_time"] == pytest.approx(
-            sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
+    assert batched["triggered"]  # seeds 0-2 of digits28/int8 trigger within 200 queries, so the speed-up exists
+    assert batched["speedup_vs_one_seed_at_a_time"] == pytest.approx(
+        sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
 
 
 @pytest.mark.timeout(180)
