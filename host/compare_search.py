@@ -17,6 +17,7 @@ import numpy as np
 
 from host.compare import PairResult
 from host.errors import ConfigError
+from host.figures import figures
 from host.search.results import SeedResult, SeedStatus
 from host.targets.base import Session
 
@@ -35,20 +36,12 @@ def _slug(text: str) -> str:
 
 
 def summarize_search(results: list[SeedResult], seconds: float) -> dict[str, Any]:
-    """Counts over a pair's seed results: triggered, flaky, skipped, queries per trigger."""
-    triggered = [r for r in results if r.status is SeedStatus.triggered]
-    total_queries = sum(r.queries for r in results)
-    return {
-        "seeds": len(results),
-        "triggered": len(triggered),
-        "flaky": sum(r.status is SeedStatus.flaky for r in results),
-        "skipped": sum(r.status is SeedStatus.skipped for r in results),
-        "success_rate": len(triggered) / len(results) if results else 0.0,
-        "total_queries": total_queries,
-        "queries_per_trigger": (total_queries / len(triggered)) if triggered else None,
-        "seconds": seconds,
-        "triggering_seeds": [r.seed_index for r in triggered],
-    }
+    """A pair's search figures (``host.figures``: success rate over searched seeds, queries and
+    candidates per trigger as means over triggered seeds) plus the wall time and triggering seeds."""
+    summary = figures(results).to_dict()
+    summary.update(seconds=seconds,
+                   triggering_seeds=[r.seed_index for r in results if r.status is SeedStatus.triggered])
+    return summary
 
 
 class PairSearch:

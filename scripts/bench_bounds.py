@@ -40,7 +40,9 @@ def measure(name: str, compressed: str, bound: tuple[str, ...], limit: int, max_
     m = s["analysis"]["minimization"]
     return {"pair": f"{name} float32 vs {compressed}", "bound": " ".join(bound) or "none", "seeds": s["seeds"],
             "triggered": s["triggered"], "success_rate": s["success_rate"],
-            "queries_per_trigger": s["queries_per_trigger"], "minimized": m["inputs"], "reproduced": m["reproduced"],
+            "queries_per_trigger": s["queries_per_trigger"],
+            "candidates_per_trigger": s["candidates_per_trigger"], "minimized": m["inputs"],
+            "reproduced": m["reproduced"],
             "median_l2_before": m["median_l2_before"], "median_l2_after": m["median_l2_after"],
             "median_l2_reduction": m["median_l2_reduction"], "minimize_queries": m["mean_queries"],
             "max_linf_raw": s["analysis"]["distances"]["linf"]["raw"]["max"],
@@ -63,14 +65,15 @@ def render(rows: list[dict], limit: int, max_queries: int) -> str:
         "(2,000 queries per triggering input). Queries per trigger are search queries only; minimization's are "
         "the last column (per minimized input, re-verification's 6 not included). L2 and L-inf are in grey "
         "levels (0..255) from the seed.", "",
-        "| pair | bound | triggered / seeds | success | queries / trigger | median L2 raw -> minimized | L2 "
-        "reduction | max L-inf raw / min. | minimization queries / input |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pair | bound | triggered / seeds | success | candidates / trigger | queries / trigger "
+        "| median L2 raw -> minimized | L2 reduction | max L-inf raw / min. | minimization queries / input |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reduction = None if r["median_l2_reduction"] is None else 100 * r["median_l2_reduction"]
         lines.append(
             f"| {r['pair']} | {r['bound']} | {r['triggered']} / {r['seeds']} | {100 * r['success_rate']:.0f}% | "
+            f"{_f(r['candidates_per_trigger'], '.0f')} | "
             f"{_f(r['queries_per_trigger'], '.0f')} | {_f(r['median_l2_before'], '.0f')} -> "
             f"{_f(r['median_l2_after'], '.0f')} | {_f(reduction, '.0f%')} | "
             f"{_f(r['max_linf_raw'], '.0f')} / {_f(r['max_linf_minimized'], '.0f')} | "

@@ -196,8 +196,8 @@ def markdown(rows: list[dict]) -> str:
             continue
         extra = " | model files (float32 + int8)" if axis == "model" else ""
         lines += [f"**{axis}**", "",
-                  f"| point{extra} | seeds | triggered | queries | wall s | queries / s | mean batch | RSS start MiB "
-                  "| RSS peak MiB | growth MiB |",
+                  f"| point{extra} | seeds | triggered | queries (candidates: half) | wall s | queries / s "
+                  "| mean batch | RSS start MiB | RSS peak MiB | growth MiB |",
                   "|---|" + ("---|" if extra else "") + "---|---|---|---|---|---|---|---|---|"]
         for r in group:
             size = f" | {r['model_bytes'] / 1024:.0f} KiB" if extra else ""

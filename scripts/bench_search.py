@@ -6,7 +6,8 @@ One run, the same models and seeds for every algorithm (the first N seeds both m
     python scripts/bench_search.py [--model digits28] [--compressed int8] [--seeds 50]
         [--max-queries 5000] [--seed 0] [--delegate xnnpack] [--threads 1] [--json]
 
-Per algorithm: success rate, queries per triggering input (mean and median over triggered seeds),
+Per algorithm: success rate, candidates (images tried on both models, the paper's unit) and
+queries (one image through one model) per triggering input (mean and median over triggered seeds),
 seconds per triggering input (wall clock of the whole run / triggered seeds), and all queries
 spent (failed seeds included) per triggering input. DFlare's queries per trigger are then given as
 a share of each DiffChaser variant's: ``diffchaser`` (DFlare's operators, output-difference
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from host.figures import candidates  # noqa: E402
 from host.search import Engine, SeedStatus, searcher_factory  # noqa: E402
 from host.search.diffchaser import GENE_MUTATION_RATE, MUTATION_RATE, POPULATION_SIZE  # noqa: E402
 from host.targets import LocalTarget, ModelSpec  # noqa: E402
@@ -249,13 +251,14 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 def markdown_rows(rows: list[dict]) -> str:
     """The Markdown table of ``rows``."""
     lines = [
-        "| algorithm | success rate | queries / trigger (mean) | median | seconds / trigger | total queries "
-        "| all queries / trigger | speculative queries |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | success rate | candidates / trigger (mean) | queries / trigger (mean) | median | "
+        "seconds / trigger | total queries | all queries / trigger | speculative queries |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["algo"] + (f" ({', '.join(f'{k} {v}' for k, v in r['options'].items())})" if r.get("options") else "")
-        lines.append(f"| {name} | {100 * r['success_rate']:.0f}% ({r['triggered']}/{r['seeds']}) | "
+        cpt = None if r["queries_per_trigger"] is None else candidates(r["queries_per_trigger"])
+        lines.append(f"| {name} | {100 * r['success_rate']:.0f}% ({r['triggered']}/{r['seeds']}) | {fmt(cpt, '.0f')} | "
                      f"{fmt(r['queries_per_trigger'], '.0f')} | {fmt(r['median_queries'], '.0f')} | "
                      f"{fmt(r['seconds_per_trigger'], '.4f')} | {r['total_queries']} | "
                      f"{fmt(r.get('total_queries_per_trigger'), '.0f')} | {r['speculative_queries']} |")

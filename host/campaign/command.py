@@ -136,12 +136,14 @@ def print_outcome(outcome: CampaignOutcome, as_json: bool) -> None:
         print(json.dumps(json_view(s)))
         return
     qpt = "-" if s["queries_per_trigger"] is None else f"{s['queries_per_trigger']:.0f}"
+    cpt = "-" if s["candidates_per_trigger"] is None else f"{s['candidates_per_trigger']:.0f}"
     spt = "-" if s["seconds_per_trigger"] is None else f"{s['seconds_per_trigger']:.2f} s"
     resumed = f" (resumed: {outcome.resumed_from} seed(s) from earlier runs)" if outcome.resumed_from else ""
     print(f"seeds searched: {s['seeds']}{resumed}; skipped (models disagree, or not with y): {s['skipped']}")
     print(f"triggered: {s['triggered']} ({100 * s['success_rate']:.1f}%), flaky: {s['flaky']}, "
           f"exhausted: {s['exhausted']}")
-    print(f"queries per trigger: {qpt}; seconds per trigger: {spt}; total queries: {s['total_queries']}")
+    print(f"candidates per trigger: {cpt} (queries: {qpt}; a candidate is one image on both models); "
+          f"seconds per trigger: {spt}; total queries: {s['total_queries']}")
     m = s.get("analysis", {}).get("minimization", {})
     if m.get("inputs") and m.get("median_l2_before"):
         print(f"minimized: {m['inputs']} input(s), median L2 from the seed {m['median_l2_before']:.0f} -> "

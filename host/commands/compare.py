@@ -198,6 +198,9 @@ def print_tables(result: CompareResult) -> None:
         search = "-"
         if p.search:
             search = f"{p.search['triggered']}/{p.search['seeds']} triggered"
+            if p.search.get("candidates_per_trigger") is not None:
+                search += (f", {p.search['candidates_per_trigger']:.0f} candidates "
+                           f"({p.search['queries_per_trigger']:.0f} queries) per trigger")
         pairs.add_row(p.a, p.b, f"{p.disagreements}/{p.seeds}", f"{p.max_abs_diff:.4g}", f"{p.mean_abs_diff:.3g}",
                       search)
     console.print(pairs)

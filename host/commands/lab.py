@@ -97,13 +97,15 @@ def _print_run(summary: dict[str, Any]) -> None:
 
     console = Console()
     table = Table(title=f"lab {summary['lab']} run {summary['run_id']}")
-    for name in ("device", "model", "delegate", "status", "seed dev.", "triggered", "q/trigger", "p50 ms"):
+    for name in ("device", "model", "delegate", "status", "seed dev.", "triggered", "cand./trigger", "q/trigger",
+                 "p50 ms"):
         table.add_column(name, overflow="fold")
     for c in summary["combos"]:
         style = {"passed": "green", "failed": "red", "skipped": "yellow"}.get(c["status"], "")
         table.add_row(c["device"], c["model"], c["delegate"], f"[{style}]{c['status']}[/{style}]",
                       _fmt(c.get("seed_deviations"), c.get("seeds")), _fmt(c.get("triggered"), c.get("seeds")),
-                      _num(c.get("queries_per_trigger"), ".0f"), _num(c.get("latency_p50_ms"), ".3f"))
+                      _num(c.get("candidates_per_trigger"), ".0f"), _num(c.get("queries_per_trigger"), ".0f"),
+                      _num(c.get("latency_p50_ms"), ".3f"))
     console.print(table)
     for d in summary["devices"]:
         if d["status"] != "ok":
@@ -170,14 +172,15 @@ def _print_trend(report: dict[str, Any]) -> None:
 
     console = Console()
     table = Table(title=f"lab {report['lab']}: trend over {len(report['trend'])} run(s)")
-    for name in ("run", "device", "model", "delegate", "status", "seed dev.", "success", "q/trigger", "p50 ms",
-                 "runtime"):
+    for name in ("run", "device", "model", "delegate", "status", "seed dev.", "success", "cand./trigger",
+                 "q/trigger", "p50 ms", "runtime"):
         table.add_column(name, overflow="fold")
     for run in report["trend"]:
         for c in run["combos"]:
             rate = "-" if c["success_rate"] is None else f"{100 * c['success_rate']:.0f}%"
             table.add_row(run["run_id"][:15], c["device"], c["model"], c["delegate"], c["status"],
-                          _fmt(c["seed_deviations"], c["seeds"]), rate, _num(c["queries_per_trigger"], ".0f"),
+                          _fmt(c["seed_deviations"], c["seeds"]), rate, _num(c["candidates_per_trigger"], ".0f"),
+                          _num(c["queries_per_trigger"], ".0f"),
                           _num(c["latency_p50_ms"], ".3f"), str(c["runtime_version"] or "-"))
     console.print(table)
     _print_regressions(console, report["regressions"], report["baseline"])

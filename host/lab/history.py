@@ -20,8 +20,11 @@ from typing import Any, Iterable
 
 from host.errors import ConfigError
 
-#: Incrementing this means older histories need migrating; stored in lab_meta.
-SCHEMA_VERSION = 1
+#: Incrementing this means older histories need migrating (``_MIGRATIONS``); stored in lab_meta.
+#: 2: ``candidates_per_trigger`` added; ``queries_per_trigger`` and ``success_rate`` follow
+#: ``host.figures`` (the mean over triggered seeds, over searched seeds) instead of total queries over
+#: triggered seeds and triggered over all seeds.
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lab_meta (key VARCHAR(64) PRIMARY KEY, value TEXT)""",
@@ -38,7 +41,8 @@ _SCHEMA = (
         seconds DOUBLE PRECISION, model_sha256 VARCHAR(64), original_sha256 VARCHAR(64),
         runtime VARCHAR(100), runtime_version VARCHAR(100), agent_version VARCHAR(100),
         seeds INTEGER, seed_deviations INTEGER, triggered INTEGER, flaky INTEGER,
-        success_rate DOUBLE PRECISION, queries_per_trigger DOUBLE PRECISION, total_queries INTEGER,
+        success_rate DOUBLE PRECISION, queries_per_trigger DOUBLE PRECISION,
+        candidates_per_trigger DOUBLE PRECISION, total_queries INTEGER,
         latency_source VARCHAR(20), latency_mean_ms DOUBLE PRECISION, latency_p50_ms DOUBLE PRECISION,
         latency_p90_ms DOUBLE PRECISION, latency_p99_ms DOUBLE PRECISION,
         PRIMARY KEY (run_id, device, model, delegate))""",
@@ -51,9 +55,25 @@ _SCHEMA = (
 COMBO_FIELDS = (
     "run_id", "device", "model", "delegate", "status", "error", "attempts", "seconds", "model_sha256",
     "original_sha256", "runtime", "runtime_version", "agent_version", "seeds", "seed_deviations", "triggered",
-    "flaky", "success_rate", "queries_per_trigger", "total_queries", "latency_source", "latency_mean_ms",
+    "flaky", "success_rate", "queries_per_trigger", "candidates_per_trigger", "total_queries", "latency_source",
+    "latency_mean_ms",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
 )
+_SAME_COMBO = ("s.run_id = lab_combos.run_id AND s.device = lab_combos.device AND s.model = lab_combos.model "
+               "AND s.delegate = lab_combos.delegate")
+#: From version N to N + 1: statements in the portable SQL subset, recomputing stored figures from
+#: the per-seed rows (``lab_seeds``) so that old and new runs compare.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE lab_combos ADD COLUMN candidates_per_trigger DOUBLE PRECISION",
+        "UPDATE lab_combos SET queries_per_trigger = (SELECT AVG(s.queries) FROM lab_seeds s WHERE "
+        f"{_SAME_COMBO} AND s.status = 'triggered')",
+        "UPDATE lab_combos SET candidates_per_trigger = queries_per_trigger / 2",
+        "UPDATE lab_combos SET success_rate = (SELECT CAST(SUM(CASE WHEN s.status = 'triggered' THEN 1 ELSE 0 END) "
+        "AS DOUBLE PRECISION) / COUNT(*) FROM lab_seeds s WHERE "
+        f"{_SAME_COMBO} AND s.status NOT IN ('', 'skipped')) WHERE success_rate IS NOT NULL",
+    ),
+}
 DEVICE_FIELDS = ("run_id", "device", "uri", "status", "error", "runtime", "runtime_version", "agent_version",
                  "info_json")
 
@@ -74,6 +94,17 @@ class _SqliteBackend:
                 self.conn.executemany(sql, rows)
             else:
                 self.conn.execute(sql)
+
+    def execute_all(self, statements: Iterable[str]) -> None:
+        """Run statements (DDL included) in one transaction: all or none."""
+        self.conn.execute("BEGIN")
+        try:
+            for statement in statements:
+                self.conn.execute(statement)
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
@@ -104,6 +135,12 @@ class _SqlAlchemyBackend:
                 conn.execute(self._text(sql), rows)
             else:
                 conn.execute(self._text(sql))
+
+    def execute_all(self, statements: Iterable[str]) -> None:
+        """Run statements in one transaction (PostgreSQL's DDL is transactional too)."""
+        with self.engine.begin() as conn:
+            for statement in statements:
+                conn.execute(self._text(statement))
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -145,9 +182,18 @@ class History:
         if not meta:
             self._db.execute("INSERT INTO lab_meta (key, value) VALUES (:key, :value)",
                              [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-        elif int(meta[0]["value"]) != SCHEMA_VERSION:
-            raise ConfigError(f"lab history {url} has schema version {meta[0]['value']}, this dflare reads "
+        else:
+            self._migrate(int(meta[0]["value"]))
+
+    def _migrate(self, version: int) -> None:
+        """Bring a history of an older schema version up to :data:`SCHEMA_VERSION`, one step at a time."""
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"lab history {self.url} has schema version {version}, this dflare reads "
                               f"{SCHEMA_VERSION}: use a new history file or upgrade dflare-edge")
+        while version < SCHEMA_VERSION:
+            version += 1
+            self._db.execute_all([*_MIGRATIONS[version - 1],
+                                  f"UPDATE lab_meta SET value = '{version}' WHERE key = 'schema_version'"])
 
     # -- writes -------------------------------------------------------------------------------
     def _write(self, sql: str, rows: list[dict[str, Any]]) -> None:

@@ -87,7 +87,8 @@ def trends(history: History, lab: str, last: int = 10) -> list[dict[str, Any]]:
             "host_version": run["host_version"],
             "devices": {d["device"]: d["status"] for d in history.devices(run["run_id"])},
             "combos": [{k: c[k] for k in ("device", "model", "delegate", "status", "seed_deviations", "seeds",
-                                          "triggered", "success_rate", "queries_per_trigger", "latency_p50_ms",
+                                          "triggered", "success_rate", "queries_per_trigger", "candidates_per_trigger",
+                                          "latency_p50_ms",
                                           "runtime_version", "agent_version", "model_sha256")} for c in combos],
         })
     return rows
@@ -123,7 +124,9 @@ def junit_xml(history: History, run_id: str, regressions: list[Regression]) -> s
             ET.SubElement(case, "failure", {"type": r.kind, "message": r.detail}).text = r.detail
         out = ET.SubElement(case, "system-out")
         out.text = (f"seed_deviations={c['seed_deviations']}/{c['seeds']} triggered={c['triggered']} "
-                    f"queries_per_trigger={c['queries_per_trigger']} latency_p50_ms={c['latency_p50_ms']} "
+                    f"candidates_per_trigger={c['candidates_per_trigger']} "
+                    f"queries_per_trigger={c['queries_per_trigger']} "
+                    f"latency_p50_ms={c['latency_p50_ms']} "
                     f"runtime={c['runtime']} {c['runtime_version']} agent={c['agent_version']} "
                     f"model_sha256={c['model_sha256']}")
     suites = ET.Element("testsuites")

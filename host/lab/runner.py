@@ -37,6 +37,7 @@ import numpy as np
 from host import __version__
 from host.compare import load_seed_images, measure_session
 from host.errors import ConfigError, Error, HealthCheckError, TargetError
+from host.figures import figures
 from host.lab.config import DeviceConfig, LabConfig, ModelPair
 from host.lab.health import check_health
 from host.lab.history import History
@@ -317,14 +318,12 @@ class LabRunner:
                   "status": by_seed[i].status.value if i in by_seed else "",
                   "queries": by_seed[i].queries if i in by_seed else 0} for i in range(len(x))]
         row = self._row(device, outcome, pair, delegate, "passed", "", 1, time.monotonic())
-        triggered = [r for r in results if r.status.value == "triggered"]
-        total_queries = sum(r.queries for r in results)
+        found = figures(results)
         row.update(
-            seeds=len(x), seed_deviations=int(deviates.sum()), triggered=len(triggered),
-            flaky=sum(r.status.value == "flaky" for r in results),
-            success_rate=(len(triggered) / len(results)) if results else None,
-            queries_per_trigger=(total_queries / len(triggered)) if triggered else None,
-            total_queries=total_queries, latency_source=latency.source, latency_mean_ms=latency.mean_ms,
+            seeds=len(x), seed_deviations=int(deviates.sum()), triggered=found.triggered, flaky=found.flaky,
+            success_rate=found.success_rate if results else None, queries_per_trigger=found.queries_per_trigger,
+            candidates_per_trigger=found.candidates_per_trigger,
+            total_queries=found.total_queries, latency_source=latency.source, latency_mean_ms=latency.mean_ms,
             latency_p50_ms=latency.p50_ms, latency_p90_ms=latency.p90_ms, latency_p99_ms=latency.p99_ms,
         )
         return row, seeds

@@ -24,7 +24,7 @@ from host.campaign.config import CampaignConfig
 from host.campaign.seeds import SeedSet, load_seeds
 from host.campaign.store import CampaignStore
 from host.errors import ConfigError, ModelError, RepairError, SeedError
-from host.report.summary import figures
+from host.figures import figures
 from host.search.results import SeedStatus
 
 #: Source tags in the repair set (``source`` column of labels.csv and the npz).
@@ -61,7 +61,7 @@ class CampaignData:
         config: the campaign's settings, with any paths the caller overrode.
         triggers: every reproduced triggering input (flaky ones are left out), by seed index.
         seeds: the campaign's seed images (checked against the stored digest).
-        figures: the campaign's success rate and cost figures (``host.report.summary.figures``).
+        figures: the campaign's success rate and cost figures (``host.figures.figures``, as a dict).
         model_digests: sha256 of the campaign's models, by role.
     """
 
@@ -119,7 +119,7 @@ def load_campaign(directory: str | Path, seeds: Path | None = None, original: Pa
         raise RepairError(f"{directory}: the stored campaign config cannot be read ({exc})") from None
     triggers = [TriggeringInput(r.seed_index, r.n, np.asarray(r.image, np.uint8), r.label_original, r.label_compressed)
                 for r in inputs if r.status is SeedStatus.triggered]
-    fig = figures(records)
+    fig = figures(records).to_dict()
     if not triggers:
         raise RepairError(
             f"the campaign in {directory} has no triggering inputs ({fig['seeds']} seed(s) searched, "

@@ -33,11 +33,11 @@ import numpy as np
 from host.campaign.config import CampaignConfig
 from host.campaign.runner import AGREEMENT_BATCH, CampaignRunner, open_target, read_model
 from host.errors import ConfigError, ModelError, RepairError
+from host.figures import figures
 from host.repair import dataset
 from host.repair.dataset import CampaignData, TriggeringInput
 from host.repair.recipe import Recipe, detect_recipe, given_recipe
 from host.repair.report import write_report
-from host.report.summary import figures
 from host.targets.base import ModelSpec, Session, Target
 
 #: Fine-tuning epochs and Adam learning rate: a nudge, not a retraining (the fixtures trained 12 epochs
@@ -323,8 +323,9 @@ def _rerun(data: CampaignData, repaired: Path, out: Path, say: Callable[[str], N
         f"{config.max_queries} queries per seed) in {config.out}")
     outcome = CampaignRunner(config, force_new=True, progress=LogProgress(),
                              argv=["dflare repair", "--campaign", str(data.directory)]).run()
-    after = figures(_stored_outcomes(config.out))
-    keys = ("seeds", "triggered", "success_rate", "queries_per_trigger", "median_queries_per_trigger", "skipped")
+    after = figures(_stored_outcomes(config.out)).to_dict()
+    keys = ("seeds", "triggered", "success_rate", "queries_per_trigger", "candidates_per_trigger",
+            "median_candidates_per_trigger", "skipped")
     return {"before": {k: data.figures.get(k) for k in keys}, "after": {k: after.get(k) for k in keys},
             "rerun_dir": str(config.out), "report_html": str(outcome.reports.report_html),
             "algo": config.algo, "max_queries": config.max_queries, "timeout_s": config.timeout_s,

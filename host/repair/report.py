@@ -51,13 +51,15 @@ def model_table(models: dict[str, Any]) -> list[str]:
 
 
 def dflare_table(dflare: dict[str, Any]) -> list[str]:
-    """Markdown rows: the search's success rate and queries per trigger against the model before and after."""
-    lines = ["| search against | seeds searched | triggered | success rate | queries per trigger (mean) | (median) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """Markdown rows: the search's success rate, queries and candidates per trigger, before and after."""
+    lines = ["| search against | seeds searched | triggered | success rate | queries per trigger (mean) "
+             "| candidates per trigger (mean) | (median) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, title in (("before", "compressed (campaign)"), ("after", "repaired (re-run)")):
         f = dflare[key]
         lines.append(f"| {title} | {f['seeds']} | {f['triggered']} | {_pct(f['success_rate'])} | "
-                     f"{_num(f['queries_per_trigger'])} | {_num(f['median_queries_per_trigger'])} |")
+                     f"{_num(f['queries_per_trigger'])} | {_num(f.get('candidates_per_trigger'))} | "
+                     f"{_num(f.get('median_candidates_per_trigger'))} |")
     return lines
 
 

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from host.campaign.store import CampaignStore
+from host.figures import candidates
 from host.search.results import SeedStatus
 
 JUNIT_NAME = "junit.xml"
@@ -40,7 +41,8 @@ def build_junit(store: CampaignStore) -> ET.ElementTree:
             ET.SubElement(case, "skipped", message="not finished (the campaign was interrupted; rerun to resume)")
             continue
         total_s += outcome.seconds
-        detail = f"seed {seed.seed_index} ({seed.name}): {outcome.queries} queries, {outcome.seconds:.2f} s"
+        detail = (f"seed {seed.seed_index} ({seed.name}): {candidates(outcome.queries):.0f} candidates "
+                  f"({outcome.queries} queries), {outcome.seconds:.2f} s")
         if outcome.status is SeedStatus.triggered:
             counts["failures"] += 1
             record = inputs.get(seed.seed_index)

@@ -1,17 +1,20 @@
 """``summary.json``: the campaign's numbers, computed from the store alone.
 
-The first seven keys are the ``dflare run --json`` contract (DESIGN.md §5):
+The first eight keys are the ``dflare run --json`` contract (DESIGN.md §5):
 
     seeds                 seeds searched (requested seeds both models agree on, finished so far)
     triggered             seeds with a reproduced triggering input
     success_rate          triggered / seeds
     queries_per_trigger   mean queries spent on a seed that triggered (None when none did)
+    candidates_per_trigger  the same in candidates (images tried on both models; the paper's unit)
     seconds_per_trigger   mean seconds spent on a seed that triggered (None when none did)
     total_queries         every query of the campaign, skipped seeds' agreement checks included
     out                   the output directory
 
-The rest add detail: counts per status, the skipped seeds and why, the exhausted seeds and how many
-mutants their search kept (``mutants_kept``: 0 means it never left the seed image), per-algorithm and per-target
+Units and definitions are those of ``host.figures`` (one query = one image through one model, one
+candidate = one image through both). The rest add detail: the median, p90 and maximum candidates
+per trigger, counts per status, the skipped seeds and why, the exhausted seeds and how many mutants
+their search kept (``mutants_kept``: 0 means it never left the seed image), per-algorithm and per-target
 figures, the models, the config, and whether every requested seed has finished (``complete``).
 ``analysis`` (``analysis.py``) holds the label-flip table, per-class deviation rates, distance
 statistics and histogram, operators, minimization totals and the perturbation bound; each entry of
@@ -23,40 +26,19 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from host.campaign.store import CampaignStore, SeedRecord
+from host.figures import figures
 from host.report.analysis import analysis
 from host.search.results import SeedStatus
 
 SUMMARY_NAME = "summary.json"
 
 #: Keys ``dflare run --json`` prints, in order.
-JSON_KEYS = ("seeds", "triggered", "success_rate", "queries_per_trigger", "seconds_per_trigger",
-             "total_queries", "out")
-
-
-def figures(records: Iterable[SeedRecord]) -> dict[str, Any]:
-    """Success rate and cost figures over finished seeds (skipped seeds count only in ``total_queries``)."""
-    records = list(records)
-    searched = [r for r in records if r.status is not SeedStatus.skipped]
-    hits = [r for r in searched if r.status is SeedStatus.triggered]
-    by_status = {s.value: sum(r.status is s for r in records) for s in SeedStatus}
-    return {
-        "seeds": len(searched),
-        "triggered": len(hits),
-        "success_rate": len(hits) / len(searched) if searched else 0.0,
-        "queries_per_trigger": statistics.fmean(r.queries for r in hits) if hits else None,
-        "seconds_per_trigger": statistics.fmean(r.seconds for r in hits) if hits else None,
-        "median_queries_per_trigger": statistics.median(r.queries for r in hits) if hits else None,
-        "total_queries": sum(r.queries for r in records),
-        "total_seconds": sum(r.seconds for r in records),
-        "flaky": by_status[SeedStatus.flaky.value],
-        "exhausted": by_status[SeedStatus.exhausted.value],
-        "skipped": by_status[SeedStatus.skipped.value],
-    }
+JSON_KEYS = ("seeds", "triggered", "success_rate", "queries_per_trigger", "candidates_per_trigger",
+             "seconds_per_trigger", "total_queries", "out")
 
 
 def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
@@ -72,11 +54,12 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
     records = store.outcomes()
     requested = store.requested()
     finished = {r.seed_index for r in records}
-    fig = figures(records)
+    fig = figures(records).to_dict()
     config = store.config_dict()
     per_algorithm = {}
     for algo in sorted({r.algo for r in records if r.status is not SeedStatus.skipped}):
-        per_algorithm[algo] = figures(r for r in records if r.algo == algo and r.status is not SeedStatus.skipped)
+        per_algorithm[algo] = figures(r for r in records if r.algo == algo and r.status is not SeedStatus.skipped
+                                      ).to_dict()
     targets = store.targets()
     models = store.model_digests()
     per_target = {}
@@ -103,8 +86,9 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
         "flaky": fig["flaky"],
         "exhausted": fig["exhausted"],
         "skipped": fig["skipped"],
-        "median_queries_per_trigger": fig["median_queries_per_trigger"],
-        "total_seconds": fig["total_seconds"],
+        **{key: fig[key] for key in ("median_candidates_per_trigger", "p90_candidates_per_trigger",
+                                     "max_candidates_per_trigger", "total_candidates", "total_queries_per_trigger",
+                                     "total_seconds")},
         "skipped_seeds": [{"seed_index": r.seed_index, "reason": r.exit_reason}
                           for r in sorted(records, key=lambda r: r.seed_index) if r.status is SeedStatus.skipped],
         "exhausted_seeds": [_exhausted_view(r) for r in sorted(records, key=lambda r: r.seed_index)

@@ -7,6 +7,7 @@ searcher for the chosen algorithm and drives :class:`~host.search.engine.Engine`
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Callable, Iterator, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from host.errors import ConfigError
 from host.search.bounds import BoundFilter, PerturbationBound
-from host.search.dflare import DFlareConfig, DFlareSearcher
+from host.search.dflare import DEFAULT, ORIGINAL, DFlareConfig, DFlareSearcher
 from host.search.diffchaser import DiffChaserSearcher, PixelDiffChaserSearcher
 from host.search.engine import MAX_LIVE_SEEDS, MAX_SPECULATION, VERIFY_RUNS, Budget, Engine, Event, SearcherFactory
 from host.search.random import RandomSearcher
@@ -55,10 +56,10 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
                           "(the run's random seed is rng_seed=, budgets go in budget=Budget(...))")
     chaser_options = {k: (int(v) if k == "population_size" else float(v)) for k, v in options.items()}
     configs = {
-        "dflare": DFlareConfig(),
-        "dflare-faithful": DFlareConfig(faithful=True),
-        "dflare-no-mh": DFlareConfig(use_mh=False),
-        "dflare-no-novelty": DFlareConfig(use_novelty=False),
+        "dflare": DEFAULT,
+        "dflare-faithful": ORIGINAL,
+        "dflare-no-mh": replace(DEFAULT, use_mh=False),
+        "dflare-no-novelty": replace(DEFAULT, use_novelty=False),
     }
     if algo in configs:
         return partial(_dflare, config=configs[algo])

@@ -1,27 +1,51 @@
-"""DFlare: Metropolis-Hastings operator selection and the novelty/difference fitness.
+"""DFlare: Metropolis-Hastings operator selection, the novelty/difference fitness, and its departures.
 
-The algorithm (DESIGN.md section 3), per seed:
+The original algorithm (DESIGN.md section 3; yqtianust/DFlare ``test_gen_main.py``), per seed:
 
 1. choose an operator: the first uniformly; afterwards sort the operators by success rate
    (accepted mutants / uses, ties broken at random), let k1 be the rank of the operator that
    produced the current image, propose a rank k2 uniformly and accept it with probability
    ``min(1, (1 - p) ** (k2 - k1))``, ``p = 1 / 7``; repeat until accepted;
 2. mutate the current image with it and query both models;
-3. fitness of the mutant: (is the concatenated probability pair novel?, output difference
-   ``|p_orig(y) - p_cps(y)|`` for the seed label y). Novel = squared L2 distance to the nearest
-   vector in the seed's corpus > 0.5; novel vectors join the corpus (TensorFuzz);
-4. the mutant replaces the current image when it is novel or its difference grew by > 1e-3;
-   the operator's success count goes up.
+3. fitness of the mutant: (is the concatenated probability pair novel?, output difference). Novel =
+   squared L2 distance to the nearest vector in the seed's corpus > 0.5; novel vectors join the
+   corpus (TensorFuzz);
+4. the mutant replaces the current image when it is novel or its difference moved by > 1e-3; the
+   operator's success count goes up.
 
-``faithful=True`` reproduces the original code (yqtianust/DFlare ``test_gen_main.py``):
+What the original code does, bugs included (``--algo dflare-faithful``, :data:`ORIGINAL`): ``k1`` is
+always -1 (``index()`` compares a name with an operator object), so every proposal is accepted with
+probability ``(1 - p) ** (k2 + 1)``; the difference test is ``abs(|d_new| - |d_best|) > 1e-3``,
+which also keeps decreases (a filtered random walk); the difference is each model's own top-1
+probability (``p_orig(top) - p_cps(top)``); the best difference starts at 0; and the two noise
+operators use sigma 0.32 grey levels and wrap around as ``astype(uint8)`` does (``mutations``).
 
-* ``k1`` is always -1 (``index()`` compares a name with an operator object), so every proposal
-  is accepted with probability ``(1 - p) ** (k2 + 1)``, biasing toward top ranks regardless of
-  the last operator;
-* the difference test is ``abs(|d_new| - |d_best|) > 1e-3``, which also accepts decreases;
-* the difference is each model's own top-1 probability (``p_orig(top) - p_cps(top)``), and the
-  best fitness starts at (not novel, 0) instead of the seed's difference;
-* the two noise operators wrap around as ``astype(uint8)`` does (see ``mutations``).
+Each departure from it is one field of :class:`DFlareConfig` whose ``False`` (or ``None``) value is
+the original's, so each can be measured alone (:data:`DEPARTURES`, ``scripts/bench_real.py``).
+The default, :data:`DEFAULT`, keeps those that win on third-party models (docs/benchmarks.md,
+"Real models"):
+
+``margin_fitness``
+    A mutant is also kept when it brings the models closer to a label change: the smaller of the
+    two models' top-1 minus top-2 probability (the *margin*) fell by more than
+    ``min(1e-3, margin / 10)`` below the best so far. The relative step lets the search keep
+    descending below a margin of 1e-3, which is where float16 and other rare deviations live.
+``stall_patience`` (the stall rule)
+    After ``STALL_PATIENCE`` candidates in a row are rejected, the next one is kept whatever its
+    fitness. A seed on which no single mutation moves either output (both models saturated, the
+    int8 softmax at 255/256) otherwise repeats mutations of the seed image forever; the kept
+    mutant becomes the new reference, so the search walks off the plateau.
+``improvement_only``
+    Keep a mutant on its difference only when ``|d_new| - |d_best| > 1e-3`` (no decreases).
+``rank_from_last``
+    The MH proposal uses the last operator's rank as k1 (the paper's algorithm).
+``seed_label_difference``
+    The difference is ``p_orig(y) - p_cps(y)`` for the seed label y.
+``start_at_seed_difference``
+    The best difference starts at the seed's own.
+``strong_noise``
+    Gaussian noise of variance 0.1 on the 0..1 scale (sigma ~ 80.6 grey levels), clipped; speckle
+    clipped too.
 
 Ablations: ``use_mh=False`` (uniform operator choice, the original's mode "b") and
 ``use_novelty=False`` (difference only, mode "c").
@@ -29,7 +53,7 @@ Ablations: ``use_mh=False`` (uniform operator choice, the original's mode "b") a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -39,8 +63,13 @@ from host.search.searcher import Candidate, SeedContext
 
 #: Squared L2 distance above which a probability pair counts as novel (TensorFuzz's and DFlare's 0.5).
 NOVELTY_THRESHOLD: float = 0.5
-#: Minimal growth of the output difference that makes a mutant better (the original's 1e-3).
+#: Minimal change of the output difference that makes a mutant better (the original's 1e-3).
 DIFF_THRESHOLD: float = 1e-3
+#: The margin must fall by at least this share of itself once it is below DIFF_THRESHOLD * 10.
+MARGIN_RELATIVE_STEP: float = 0.1
+#: Rejected candidates in a row after which the stall rule keeps the next one (docs/benchmarks.md,
+#: "Real models": 20-100 behave alike; without the rule 1-6% of seeds stall on the real pairs).
+STALL_PATIENCE: int = 50
 #: Memory cap for one seed's novelty corpus: 4 MiB holds ~50k pairs of 10-class vectors, and keeps
 #: 1,000 live seeds under 4 GiB even for 1000-class models (then ~500 vectors each). When full, the
 #: oldest vectors are overwritten (a ring), so memory stays bounded on endless searches.
@@ -60,16 +89,16 @@ class MHSelector:
     Args:
         n_ops: number of operators (ids 0..n_ops-1).
         rng: the seed's random generator.
-        faithful: k1 fixed at -1, as in the original code.
+        rank_from_last: k1 is the rank of the last operator (False: always -1, the original code's bug).
         uniform: ignore the statistics and pick uniformly (the no-MH ablation).
         p: the geometric parameter (default 1 / n_ops).
     """
 
-    def __init__(self, n_ops: int, rng: np.random.Generator, faithful: bool = False, uniform: bool = False,
+    def __init__(self, n_ops: int, rng: np.random.Generator, rank_from_last: bool = True, uniform: bool = False,
                  p: float | None = None) -> None:
         self.n_ops = n_ops
         self.rng = rng
-        self.faithful = faithful
+        self.rank_from_last = rank_from_last
         self.uniform = uniform
         self.p = 1.0 / n_ops if p is None else p
         self.uses = np.zeros(n_ops, dtype=np.int64)
@@ -91,7 +120,7 @@ class MHSelector:
             op = int(self.rng.integers(self.n_ops))
         else:
             order = self.ranking()
-            k1 = -1 if self.faithful else order.index(last_op)
+            k1 = order.index(last_op) if self.rank_from_last else -1
             op = order[self.propose_rank(k1)]
         self.uses[op] += 1
         return op
@@ -173,41 +202,108 @@ class NoveltyCorpus:
 
 
 @dataclass(frozen=True)
-class Fitness:
-    """A mutant's fitness: novelty of its probability pair and the output difference."""
-
-    novel: bool
-    diff: float  # p_orig - p_cps for the tracked class (signed, as the original stores it)
-
-
-def improves(new: Fitness, best: Fitness, faithful: bool = False, threshold: float = DIFF_THRESHOLD) -> bool:
-    """Whether a mutant with fitness ``new`` replaces the current image (fitness ``best``).
-
-    Default: novel, or ``|d_new| - |d_best| > threshold``. Faithful: novel, or the absolute
-    difference moved by more than ``threshold`` in either direction.
-    """
-    change = abs(new.diff) - abs(best.diff)
-    grew = abs(change) > threshold if faithful else change > threshold
-    return bool(grew or new.novel)
-
-
-def output_difference(probs_original: np.ndarray, probs_compressed: np.ndarray, label: int,
-                      faithful: bool = False) -> float:
-    """``p_orig(label) - p_cps(label)``; faithful: each model's own top-1 probability."""
-    if faithful:
-        return float(np.max(probs_original) - np.max(probs_compressed))
-    return float(probs_original[label] - probs_compressed[label])
-
-
-@dataclass(frozen=True)
 class DFlareConfig:
-    """DFlare's switches: the faithful reproduction and the two ablations."""
+    """DFlare's switches: each departure from the original code, and the two ablations.
 
-    faithful: bool = False
+    A departure's ``False`` (``None``) value is what the original code does; the defaults are
+    :data:`DEFAULT`. See the module docstring for what each one changes.
+    """
+
+    margin_fitness: bool = True
+    stall_patience: int | None = STALL_PATIENCE
+    improvement_only: bool = True
+    rank_from_last: bool = True
+    seed_label_difference: bool = True
+    start_at_seed_difference: bool = True
+    strong_noise: bool = False
     use_mh: bool = True
     use_novelty: bool = True
     novelty_threshold: float = NOVELTY_THRESHOLD
     diff_threshold: float = DIFF_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.stall_patience is not None and self.stall_patience < 1:
+            raise ValueError(f"stall_patience must be at least 1 (or None), got {self.stall_patience}")
+
+    def with_departure(self, name: str, on: bool) -> DFlareConfig:
+        """This config with one departure (a :data:`DEPARTURES` name) switched on or off."""
+        return replace(self, **{name: (DEPARTURES[name] if on else ORIGINAL_VALUES[name])})
+
+    def departures(self) -> tuple[str, ...]:
+        """The departures from the original this config makes, in :data:`DEPARTURES` order."""
+        return tuple(name for name in DEPARTURES if getattr(self, name) != ORIGINAL_VALUES[name])
+
+
+#: Each departure from the original code: its field and the value that switches it on.
+DEPARTURES: dict[str, object] = {
+    "margin_fitness": True,
+    "stall_patience": STALL_PATIENCE,
+    "improvement_only": True,
+    "rank_from_last": True,
+    "seed_label_difference": True,
+    "start_at_seed_difference": True,
+    "strong_noise": True,
+}
+#: The original code's value of each departure's field.
+ORIGINAL_VALUES: dict[str, object] = {name: (None if name == "stall_patience" else False) for name in DEPARTURES}
+#: The original code's behaviour, bugs included (``--algo dflare-faithful``).
+ORIGINAL = DFlareConfig(**ORIGINAL_VALUES)  # type: ignore[arg-type]
+#: The default search (``--algo dflare``).
+DEFAULT = DFlareConfig()
+assert set(DEPARTURES) <= {f.name for f in fields(DFlareConfig)}
+
+
+def output_difference(probs_original: np.ndarray, probs_compressed: np.ndarray, label: int,
+                      seed_label: bool = True) -> np.ndarray:
+    """Per row: ``p_orig(label) - p_cps(label)``, or (``seed_label=False``, the original) each
+    model's own top-1 probability ``max p_orig - max p_cps``. Accepts one row or a batch."""
+    po, pc = np.atleast_2d(probs_original), np.atleast_2d(probs_compressed)
+    if seed_label:
+        return (po[:, label] - pc[:, label]).astype(np.float64)
+    return (po.max(axis=1) - pc.max(axis=1)).astype(np.float64)
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    """Per row: top-1 minus top-2 probability (0 at a tie, where the label can flip)."""
+    top2 = np.partition(np.atleast_2d(probs), -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]).astype(np.float64)
+
+
+def pair_margin(probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
+    """Per row: the smaller of the two models' margins (how close either is to a label change)."""
+    return np.minimum(margin(probs_original), margin(probs_compressed))
+
+
+@dataclass(frozen=True)
+class Best:
+    """The fitness the current image reached: a mutant must beat it to replace the image."""
+
+    diff: float  # the output difference, signed as the original stores it
+    margin: float  # the pair margin (``pair_margin``)
+
+
+def kept_rows(config: DFlareConfig, best: Best, rejected_in_a_row: int, diffs: np.ndarray,
+              margins: np.ndarray, novel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The acceptance rule, for consecutive candidates scored against the same current image.
+
+    Row j is judged as the one-at-a-time loop would judge it after rows 0..j-1 were all rejected
+    (a rejected candidate changes nothing but the stall count).
+
+    Returns:
+        (kept, by_stall): boolean masks; ``by_stall`` marks rows kept only by the stall rule.
+    """
+    change = np.abs(diffs) - abs(best.diff)
+    better = change > config.diff_threshold if config.improvement_only \
+        else np.abs(change) > config.diff_threshold
+    if novel is not None:
+        better = better | novel
+    if config.margin_fitness:
+        step = min(config.diff_threshold, MARGIN_RELATIVE_STEP * best.margin)
+        better = better | (margins < best.margin - step)
+    by_stall = np.zeros(len(diffs), dtype=bool)
+    if config.stall_patience is not None:
+        by_stall = ~better & (rejected_in_a_row + np.arange(len(diffs)) >= config.stall_patience)
+    return better | by_stall, by_stall
 
 
 class DFlareSearcher:
@@ -215,12 +311,13 @@ class DFlareSearcher:
 
     speculative = True
 
-    def __init__(self, seed: SeedContext, rng: np.random.Generator, config: DFlareConfig = DFlareConfig()) -> None:
+    def __init__(self, seed: SeedContext, rng: np.random.Generator, config: DFlareConfig = DEFAULT) -> None:
         self.seed = seed
         self.rng = rng
         self.config = config
         self.ops = mutations.OPERATORS
-        self.selector = MHSelector(len(self.ops), rng, faithful=config.faithful, uniform=not config.use_mh)
+        self.selector = MHSelector(len(self.ops), rng, rank_from_last=config.rank_from_last,
+                                   uniform=not config.use_mh)
         self.current = seed.image
         self.trace: tuple[MutationStep, ...] = ()
         self.last_op: int | None = None  # the operator that produced the current image
@@ -228,16 +325,19 @@ class DFlareSearcher:
         self._snapshots: list[tuple] = []
         self._pending = 0  # candidates of the current proposal (0: none open)
         self._consumed = 0  # of those, consumed so far
-        self.accepted = 0
+        self.accepted = 0  # mutants that replaced the current image
+        self.stall_escapes = 0  # of those, kept by the stall rule
+        self.rejected_in_a_row = 0  # consumed candidates rejected since the last kept one
         self.corpus: NoveltyCorpus | None = None
         if config.use_novelty:
             self.corpus = NoveltyCorpus(2 * len(seed.probs_original), config.novelty_threshold)
             self.corpus.update(np.concatenate([seed.probs_original, seed.probs_compressed]))
-        seed_diff = 0.0 if config.faithful else self._diff(seed.probs_original, seed.probs_compressed)
-        self.best = Fitness(False, seed_diff)
+        seed_diff = float(self._diffs(seed.probs_original, seed.probs_compressed)[0]) \
+            if config.start_at_seed_difference else 0.0
+        self.best = Best(seed_diff, float(pair_margin(seed.probs_original, seed.probs_compressed)[0]))
 
-    def _diff(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> float:
-        return output_difference(probs_original, probs_compressed, self.seed.label, self.config.faithful)
+    def _diffs(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
+        return output_difference(probs_original, probs_compressed, self.seed.label, self.config.seed_label_difference)
 
     def propose(self, max_candidates: int = 1) -> list[Candidate]:
         """Up to ``max_candidates`` candidates, each proposed as if the ones before it were rejected."""
@@ -247,9 +347,10 @@ class DFlareSearcher:
         self._pending = count
         self._consumed = 0
         candidates = []
+        original_noise = not self.config.strong_noise
         for _ in range(count):
             op = self.selector.choose(self.last_op)
-            step = mutations.draw(self.ops[op], self.rng, self.current.shape, faithful=self.config.faithful)
+            step = mutations.draw(self.ops[op], self.rng, self.current.shape, faithful=original_noise)
             candidates.append(Candidate(self.current, self.trace, step, tag=op))
             if count > 1:
                 self._snapshots.append(self._snapshot())
@@ -261,38 +362,34 @@ class DFlareSearcher:
     def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
         """Score the next pending candidates in order; stop at the first kept one (see ``searcher.py``).
 
-        All rows are scored in one numpy pass against the state before them: a rejected candidate
-        changes no state (it is not novel, so it never joined the corpus), so row j's verdict in
-        the one-at-a-time loop is its verdict against that state, up to the first kept row. The
-        rule is :func:`improves`, vectorized.
+        All rows are scored in one numpy pass against the state before them (:func:`kept_rows`): a
+        rejected candidate changes no state but the stall count (it is not novel, so it never
+        joined the corpus), so row j's verdict in the one-at-a-time loop is its verdict against
+        that state, up to the first kept row.
         """
         if not self._pending or not candidates:
             return 0
         n = len(candidates)
         probs_original, probs_compressed = probs_original[:n], probs_compressed[:n]
-        if self.config.faithful:
-            diffs = (probs_original.max(axis=1) - probs_compressed.max(axis=1)).astype(np.float64)
-        else:
-            label = self.seed.label
-            diffs = (probs_original[:, label] - probs_compressed[:, label]).astype(np.float64)
-        change = np.abs(diffs) - abs(self.best.diff)
-        kept = np.abs(change) > self.config.diff_threshold if self.config.faithful \
-            else change > self.config.diff_threshold
-        vectors = None
+        diffs = self._diffs(probs_original, probs_compressed)
+        margins = pair_margin(probs_original, probs_compressed)
+        vectors = novel = None
         if self.corpus is not None:
             vectors = np.concatenate([probs_original, probs_compressed], axis=1)
             novel = self.corpus.nearest_sq_distances(vectors) > self.corpus.threshold
-            kept |= novel
+        kept, by_stall = kept_rows(self.config, self.best, self.rejected_in_a_row, diffs, margins, novel)
         hits = np.flatnonzero(kept)
         if not hits.size:
             self._consumed += n
+            self.rejected_in_a_row += n
             return n
         j = int(hits[0])
         self._consumed += j + 1
-        is_novel = vectors is not None and bool(novel[j])
-        if is_novel:
-            self.corpus.add(vectors[j])  # type: ignore[union-attr]
-        self._keep(candidates[j], Fitness(is_novel, float(diffs[j])))
+        self.rejected_in_a_row = 0
+        self.stall_escapes += int(by_stall[j])
+        if novel is not None and novel[j]:
+            self.corpus.add(vectors[j])  # type: ignore[union-attr,index]
+        self._keep(candidates[j], Best(float(diffs[j]), float(margins[j])))
         self.end_step()  # later candidates were mutations of the image just replaced
         return j + 1
 
@@ -316,10 +413,10 @@ class DFlareSearcher:
         self._snapshots = []
         self._pending = 0
 
-    def _keep(self, candidate: Candidate, fitness: Fitness) -> None:
+    def _keep(self, candidate: Candidate, best: Best) -> None:
         """Make a kept candidate the current image."""
         assert candidate.image is not None
-        self.best = fitness
+        self.best = best
         self.current = candidate.image
         self.trace = candidate.full_trace
         self.last_op = candidate.tag
@@ -329,6 +426,7 @@ class DFlareSearcher:
     def stats(self) -> dict:
         return {
             "accepted": self.accepted,
+            "stall_escapes": self.stall_escapes,
             "corpus_size": 0 if self.corpus is None else self.corpus.size,
             "operator_uses": {op: int(n) for op, n in zip(self.ops, self.selector.uses)},
             "operator_successes": {op: int(n) for op, n in zip(self.ops, self.selector.successes)},

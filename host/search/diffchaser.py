@@ -108,8 +108,7 @@ class DiffChaserSearcher:
     def _scores(self, probs_original: np.ndarray, probs_compressed: np.ndarray) -> np.ndarray:
         """Fitness of each evaluated chromosome: the output difference for the seed label."""
         label = self.seed.label
-        return np.asarray([abs(output_difference(po, pc, label)) for po, pc in zip(probs_original, probs_compressed)],
-                          dtype=np.float64)
+        return np.abs(output_difference(probs_original, probs_compressed, label))
 
     def observe(self, candidates: list[Candidate], probs_original: np.ndarray, probs_compressed: np.ndarray) -> int:
         scores = self._scores(probs_original, probs_compressed)

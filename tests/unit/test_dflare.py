@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from host.search import dflare, mutations
 from host.search.dflare import (
+    DEFAULT,
+    DEPARTURES,
+    ORIGINAL,
+    STALL_PATIENCE,
+    Best,
     DFlareConfig,
     DFlareSearcher,
-    Fitness,
     MHSelector,
     NoveltyCorpus,
-    improves,
+    kept_rows,
+    margin,
     mh_acceptance,
     output_difference,
+    pair_margin,
 )
 from host.search.searcher import SeedContext
 
@@ -46,8 +54,8 @@ def test_mh_chosen_ranks_follow_the_acceptance_law(k1):
     assert n / selector.proposals == pytest.approx(mean_acceptance, abs=0.01)
 
 
-def _selector_with_scores(faithful: bool, seed: int) -> MHSelector:
-    selector = MHSelector(7, np.random.default_rng(seed), faithful=faithful)
+def _selector_with_scores(rank_from_last: bool, seed: int) -> MHSelector:
+    selector = MHSelector(7, np.random.default_rng(seed), rank_from_last=rank_from_last)
     # operator i has success rate i / 10: the ranking is 6, 5, 4, 3, 2, 1, 0 (no ties)
     selector.uses[:] = 10_000_000
     selector.successes[:] = np.arange(7) * 1_000_000
@@ -55,16 +63,16 @@ def _selector_with_scores(faithful: bool, seed: int) -> MHSelector:
 
 
 def test_ranking_sorts_by_success_rate_and_breaks_ties_at_random():
-    selector = _selector_with_scores(False, 0)
+    selector = _selector_with_scores(True, 0)
     assert selector.ranking() == [6, 5, 4, 3, 2, 1, 0]
     tied = MHSelector(7, np.random.default_rng(0))
     orders = {tuple(tied.ranking()) for _ in range(50)}
     assert len(orders) > 10
 
 
-@pytest.mark.parametrize(("faithful", "k1"), [(False, 3), (True, -1)])
-def test_choose_uses_the_last_operators_rank_or_the_original_bug(faithful, k1):
-    selector = _selector_with_scores(faithful, 1)
+@pytest.mark.parametrize(("rank_from_last", "k1"), [(True, 3), (False, -1)])
+def test_choose_uses_the_last_operators_rank_or_the_original_bug(rank_from_last, k1):
+    selector = _selector_with_scores(rank_from_last, 1)
     n = 30_000
     ranks = [6 - selector.choose(last_op=3) for _ in range(n)]  # op 3 sits at rank 3
     np.testing.assert_allclose(np.bincount(ranks, minlength=7) / n, _expected_rank_distribution(k1), atol=0.012)
@@ -91,29 +99,63 @@ def test_success_rate_counts_uses_and_successes():
     assert selector.scores[op] == pytest.approx(1 / selector.uses[op], rel=1e-6)
 
 
-def test_fitness_ordering_default_mode():
-    best = Fitness(False, 0.010)
-    assert improves(Fitness(True, 0.0), best)  # novelty alone is enough
-    assert improves(Fitness(False, 0.0115), best)  # grew by 1.5e-3
-    assert improves(Fitness(False, -0.0115), best)  # the magnitude counts, not the sign
-    assert not improves(Fitness(False, 0.0105), best)  # grew by only 5e-4
-    assert not improves(Fitness(False, 0.010), best)
-    assert not improves(Fitness(False, 0.005), best)  # decreases are rejected
+def _kept(config: DFlareConfig, best: Best, diffs, margins=None, novel=None, rejected: int = 0):
+    diffs = np.asarray(diffs, dtype=np.float64)
+    margins = np.full(len(diffs), best.margin) if margins is None else np.asarray(margins, dtype=np.float64)
+    novel = None if novel is None else np.asarray(novel)
+    return kept_rows(config, best, rejected, diffs, margins, novel)
 
 
-def test_fitness_ordering_faithful_mode_also_accepts_decreases():
-    best = Fitness(False, 0.010)
-    assert improves(Fitness(False, 0.005), best, faithful=True)
-    assert improves(Fitness(False, 0.0115), best, faithful=True)
-    assert not improves(Fitness(False, 0.0095), best, faithful=True)
-    assert improves(Fitness(True, 0.010), best, faithful=True)
+def test_difference_rule_keeps_growth_only_by_default():
+    best = Best(diff=0.010, margin=0.5)
+    kept, _ = _kept(DEFAULT, best, [0.0115, -0.0115, 0.0105, 0.010, 0.005])
+    # grew by 1.5e-3 (either sign: the magnitude counts); by only 5e-4; unchanged; a decrease
+    assert kept.tolist() == [True, True, False, False, False]
+    assert _kept(DEFAULT, best, [0.0], novel=[True])[0].tolist() == [True]  # novelty alone is enough
+
+
+def test_original_difference_rule_also_keeps_decreases():
+    best = Best(diff=0.010, margin=0.5)
+    kept, _ = _kept(ORIGINAL, best, [0.005, 0.0115, 0.0095, 0.010], novel=[False, False, False, True])
+    assert kept.tolist() == [True, True, False, True]
+
+
+def test_margin_rule_keeps_a_mutant_closer_to_a_label_change_with_a_relative_step():
+    config = DFlareConfig(use_novelty=False, stall_patience=None)
+    far = Best(diff=0.0, margin=0.5)
+    assert _kept(config, far, [0.0] * 3, margins=[0.4985, 0.4995, 0.6])[0].tolist() == [True, False, False]
+    near = Best(diff=0.0, margin=0.002)  # below 1e-2 the step is a tenth of the margin
+    assert _kept(config, near, [0.0] * 2, margins=[0.0017, 0.00185])[0].tolist() == [True, False]
+    assert not _kept(ORIGINAL, near, [0.0], margins=[0.0])[0].any()  # the original has no margin rule
+
+
+def test_stall_rule_keeps_the_candidate_after_patience_rejections():
+    config = DFlareConfig(use_novelty=False, stall_patience=5)
+    best = Best(diff=0.0, margin=0.5)
+    kept, by_stall = _kept(config, best, [0.0] * 4, rejected=2)  # rows see 2, 3, 4, 5 rejections before them
+    assert kept.tolist() == [False, False, False, True] and by_stall.tolist() == [False, False, False, True]
+    kept, by_stall = _kept(config, best, [0.0, 0.5], rejected=5)  # a better row is not counted as an escape
+    assert kept.tolist() == [True, True] and by_stall.tolist() == [True, False]
+    assert not _kept(replace(config, stall_patience=None), best, [0.0] * 4, rejected=100)[0].any()
+    with pytest.raises(ValueError, match="stall_patience"):
+        DFlareConfig(stall_patience=0)
 
 
 def test_output_difference_tracks_the_seed_label_or_each_top_one():
     po = np.array([0.1, 0.7, 0.2], np.float32)
     pc = np.array([0.5, 0.4, 0.1], np.float32)
-    assert output_difference(po, pc, 1) == pytest.approx(0.3)
-    assert output_difference(po, pc, 1, faithful=True) == pytest.approx(0.2)
+    assert output_difference(po, pc, 1)[0] == pytest.approx(0.3)
+    assert output_difference(po, pc, 1, seed_label=False)[0] == pytest.approx(0.2)
+    assert margin(po)[0] == pytest.approx(0.5) and pair_margin(po, pc)[0] == pytest.approx(0.1)
+
+
+def test_departures_are_each_one_field_away_from_the_original():
+    assert ORIGINAL.departures() == ()
+    assert set(DEFAULT.departures()) <= set(DEPARTURES)
+    for name in DEPARTURES:
+        assert ORIGINAL.with_departure(name, True).departures() == (name,)
+        assert name not in DEFAULT.with_departure(name, False).departures()
+    assert ORIGINAL.with_departure("stall_patience", True).stall_patience == STALL_PATIENCE
 
 
 def test_novelty_threshold_is_squared_l2_above_one_half():
@@ -178,8 +220,9 @@ def _feed(searcher: DFlareSearcher, po: list[float], pc: list[float]):
 
 
 def test_searcher_keeps_a_mutant_only_when_fitness_improves():
-    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig())
-    assert searcher.best == Fitness(False, 0.0)
+    config = DFlareConfig(margin_fitness=False, stall_patience=None)
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), config)
+    assert searcher.best == Best(0.0, pytest.approx(0.8))
     rejected = _feed(searcher, [0.8995, 0.1005], [0.9, 0.1])  # diff 5e-4: too small, not novel
     assert searcher.current is searcher.seed.image and searcher.trace == () and searcher.last_op is None
     kept = _feed(searcher, [0.9, 0.1], [0.88, 0.12])  # diff grew to 0.02
@@ -192,8 +235,24 @@ def test_searcher_keeps_a_mutant_only_when_fitness_improves():
     assert searcher.corpus is not None and searcher.corpus.size == 2
 
 
-def test_no_novelty_ablation_ignores_novel_vectors():
+def test_searcher_keeps_a_mutant_whose_margin_shrank():
     searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    _feed(searcher, [0.85, 0.15], [0.85, 0.15])  # the difference stays 0; the margin falls 0.8 -> 0.7
+    assert searcher.accepted == 1 and searcher.best.margin == pytest.approx(0.7)
+
+
+def test_searcher_escapes_a_plateau_after_the_stall_patience():
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False, stall_patience=3))
+    for _ in range(3):
+        _feed(searcher, [0.9, 0.1], [0.9, 0.1])  # nothing moves: rejected
+    assert searcher.accepted == 0 and searcher.rejected_in_a_row == 3
+    kept = _feed(searcher, [0.9, 0.1], [0.9, 0.1])
+    assert searcher.accepted == 1 and searcher.stall_escapes == 1 and searcher.trace == kept.full_trace
+    assert searcher.rejected_in_a_row == 0 and searcher.stats()["stall_escapes"] == 1
+
+
+def test_no_novelty_ablation_ignores_novel_vectors():
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False, margin_fitness=False))
     _feed(searcher, [0.2, 0.8], [0.2, 0.8])
     assert searcher.accepted == 0 and searcher.corpus is None
 
@@ -201,8 +260,8 @@ def test_no_novelty_ablation_ignores_novel_vectors():
 def test_faithful_searcher_starts_from_zero_difference_and_accepts_decreases():
     seed = SeedContext(0, np.full((8, 8, 1), 100, np.uint8), 0, np.array([0.9, 0.1], np.float32),
                        np.array([0.8, 0.2], np.float32))
-    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(faithful=True, use_novelty=False))
-    assert searcher.best.diff == 0.0 and searcher.selector.faithful
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), replace(ORIGINAL, use_novelty=False))
+    assert searcher.best.diff == 0.0 and not searcher.selector.rank_from_last
     _feed(searcher, [0.9, 0.1], [0.85, 0.15])
     assert searcher.accepted == 1
     _feed(searcher, [0.9, 0.1], [0.89, 0.11])  # |diff| fell from 0.05 to 0.01
@@ -221,7 +280,8 @@ def _oracle(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return soft(logits_o).astype(np.float32), soft(logits_c).astype(np.float32)
 
 
-@pytest.mark.parametrize("config", [DFlareConfig(), DFlareConfig(faithful=True), DFlareConfig(use_mh=False)])
+@pytest.mark.parametrize("config", [DEFAULT, ORIGINAL, DFlareConfig(use_mh=False), DFlareConfig(stall_patience=2),
+                                    DFlareConfig(strong_noise=True)])
 def test_speculative_proposals_replay_the_one_at_a_time_algorithm_exactly(config):
     seed_image = np.random.default_rng(0).integers(0, 256, (6, 6, 1), dtype=np.uint8)
     po, pc = _oracle(seed_image[None])
@@ -231,7 +291,7 @@ def test_speculative_proposals_replay_the_one_at_a_time_algorithm_exactly(config
         searcher = DFlareSearcher(context, np.random.default_rng(7), config)
         history: list = []
         while len(history) < budget:
-            candidates = searcher.propose(width)
+            candidates = searcher.propose(min(width, budget - len(history)))
             images = mutations.apply(np.stack([c.base for c in candidates]), [c.step for c in candidates])
             for c, image in zip(candidates, images):
                 c.image = image
@@ -251,7 +311,7 @@ def test_speculative_proposals_replay_the_one_at_a_time_algorithm_exactly(config
 
 def test_a_kept_candidate_cuts_off_the_pending_ones():
     seed = _seed()
-    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False, margin_fitness=False))
     candidates = searcher.propose(4)
     assert searcher.proposal_open and len(candidates) == 4
     for c in candidates:
