@@ -29,10 +29,8 @@ from host.campaign.config import (
 )
 from host.campaign.progress import LogProgress, RichProgress, default_progress
 from host.campaign.runner import CampaignOutcome, CampaignRunner, SearchFn
+from host.exit_codes import ExitCode
 from host.report.summary import json_view
-
-EXIT_OK = 0
-EXIT_DEVIATION = 1
 
 #: Flags that are not campaign settings (everything else maps 1:1 onto a CampaignConfig field).
 _CONTROL_FLAGS = ("config", "force_new", "json", "progress")
@@ -126,8 +124,8 @@ def execute(args: argparse.Namespace, search: SearchFn | None = None, argv: Sequ
         outcome = runner.run()
     print_outcome(outcome, as_json=args.json)
     if config.fail_on_deviation and outcome.triggered > 0:
-        return EXIT_DEVIATION
-    return EXIT_OK
+        return ExitCode.deviation
+    return ExitCode.ok
 
 
 def print_outcome(outcome: CampaignOutcome, as_json: bool) -> None:

@@ -61,6 +61,9 @@ class SearchJob:
     config: CampaignConfig
     original_target: Target | None = None
     compressed_target: Target | None = None
+    #: Both models' probabilities on ``images`` from the agreement check, so the search does not run
+    #: the seeds again (None: the search checks them itself).
+    seed_probs: tuple[np.ndarray, np.ndarray] | None = None
 
 
 #: A search: yields one :class:`SeedResult` per seed of the job, in any order, as each finishes.
@@ -85,7 +88,8 @@ def engine_search(job: SearchJob) -> Iterator[SeedResult]:
     yield from search_run(
         job.original, job.compressed, job.images, algo=cfg.algo,
         budget=Budget(max_queries=cfg.max_queries, max_seconds=cfg.timeout_s), rng_seed=cfg.seed,
-        labels=job.labels, indices=job.seed_indices, verify_runs=cfg.reruns, bound=bound_of(cfg),
+        labels=job.labels, indices=job.seed_indices, seed_probs=job.seed_probs, verify_runs=cfg.reruns,
+        bound=bound_of(cfg),
         ignore_ties=cfg.ignore_ties, mutation_threads=cfg.mutation_threads,
     )
 
@@ -252,11 +256,13 @@ class CampaignRunner:
         self.progress.start(len(seeds), len(finished), already_triggered)
         status = "failed"
         try:
-            agreeing = self._agreement_check(store, seeds, pending, original, compressed, outcome)
+            agreeing, probs = self._agreement_check(store, seeds, pending, original, compressed, outcome)
             if agreeing:
                 job = SearchJob(original, compressed, seeds.x[agreeing], agreeing,
                                 [self._labels[i] for i in agreeing], self.config,
-                                targets[self.config.reference_target], targets[self.config.target])
+                                targets[self.config.reference_target], targets[self.config.target],
+                                seed_probs=(np.stack([probs[i][0] for i in agreeing]),
+                                            np.stack([probs[i][1] for i in agreeing])))
                 self._consume(store, seeds, job, outcome)
             if self.config.minimize:
                 done = minimize_pending(store, original, compressed, self.config)
@@ -274,9 +280,14 @@ class CampaignRunner:
         return outcome
 
     def _agreement_check(self, store: CampaignStore, seeds: SeedSet, pending: list[int], original: Session,
-                         compressed: Session, outcome: CampaignOutcome) -> list[int]:
-        """Run both models on the pending seeds; store the ones they disagree on as skipped."""
+                         compressed: Session, outcome: CampaignOutcome) -> tuple[list[int], dict[int, tuple]]:
+        """Run both models on the pending seeds; store the ones they disagree on as skipped.
+
+        Returns:
+            The agreeing seeds' indices, and each one's (original, compressed) probabilities.
+        """
         agreeing: list[int] = []
+        probs: dict[int, tuple] = {}
         for start in range(0, len(pending), AGREEMENT_BATCH):
             batch = pending[start:start + AGREEMENT_BATCH]
             t0 = time.monotonic()
@@ -294,6 +305,7 @@ class CampaignRunner:
                 if not reason:
                     self._labels[index] = lo
                     agreeing.append(index)
+                    probs[index] = (probs_o[k], probs_c[k])
                     continue
                 result = SeedResult(index, SeedStatus.skipped, lo if y is None else y, queries=2,
                                     seconds=per_seed_s, algo=self.config.algo, exit_reason=reason,
@@ -301,7 +313,7 @@ class CampaignRunner:
                 record = store.record_result(result)
                 outcome.skipped_this_run += 1
                 self.progress.seed_finished(record)
-        return agreeing
+        return agreeing, probs
 
     def _consume(self, store: CampaignStore, seeds: SeedSet, job: SearchJob, outcome: CampaignOutcome) -> None:
         wanted = set(job.seed_indices)

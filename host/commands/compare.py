@@ -26,10 +26,7 @@ from host.compare import (
     run_compare,
 )
 from host.errors import ConfigError
-
-EXIT_OK = 0
-EXIT_DISAGREEMENT = 1
-EXIT_USAGE = 2
+from host.exit_codes import ExitCode
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -141,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
         errors = "; ".join(f"{c.label}: {c.error}" for c in result.columns if c.error)
         raise ConfigError(f"fewer than two columns ran, nothing to compare ({errors})")
     if args.fail_on_disagreement and any(p.disagreements for p in result.pairs):
-        return EXIT_DISAGREEMENT
-    return EXIT_OK
+        return ExitCode.deviation
+    return ExitCode.ok
 
 
 def build_summary(result: CompareResult, model: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-EXIT_OK = 0
+from host.exit_codes import ExitCode
 
 #: Keys printed first, in this order, in the human-readable view; the rest follow sorted.
 _LEADING_KEYS = ("uri", "runtime", "runtime_version", "delegates", "machine", "abis", "system", "release",
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, sort_keys=True, default=str))
     else:
         print(format_info(info))
-    return EXIT_OK
+    return ExitCode.ok
 
 
 def format_info(info: dict) -> str:

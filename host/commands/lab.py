@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from host.errors import ConfigError
+from host.exit_codes import ExitCode
 from host.lab.config import DEFAULT_LATENCY_MIN_DELTA_MS, DEFAULT_LATENCY_RATIO, LabConfig, load_lab_config
-
-EXIT_OK = 0
-EXIT_REGRESSION = 1
 
 #: Runs shown by ``lab report`` unless --last says otherwise.
 DEFAULT_TREND_RUNS = 10
@@ -88,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print_run(summary)
-    return EXIT_REGRESSION if regressions else EXIT_OK
+    return ExitCode.deviation if regressions else ExitCode.ok
 
 
 def _print_run(summary: dict[str, Any]) -> None:
@@ -163,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
     else:
         _print_trend(report)
-    return EXIT_REGRESSION if regressions else EXIT_OK
+    return ExitCode.deviation if regressions else ExitCode.ok
 
 
 def _print_trend(report: dict[str, Any]) -> None:
@@ -199,4 +197,4 @@ def cmd_golden(args: argparse.Namespace) -> int:
     finally:
         target.close()
     print(f"recorded golden outputs of {config.health.model.name} on {args.target} in {path}")
-    return EXIT_OK
+    return ExitCode.ok

@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 from host.campaign.store import CampaignStore
+from host.exit_codes import ExitCode
 from host.report.summary import json_view
 from host.report.writer import write_reports
-
-EXIT_OK = 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,4 +38,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {paths.report_html}")
         print(f"summary: {paths.summary_json}")
         print(f"junit: {paths.junit_xml}")
-    return EXIT_OK
+    return ExitCode.ok

@@ -11,21 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from host import __version__
+from host.report.jinja_env import environment
 
 #: Lightness (HSL %) of a cell with no disagreement; a full disagreement goes to _DARKEST_L.
 _LIGHTEST_L = 97
 _DARKEST_L = 45
-
-
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("host.report", "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
-        undefined=jinja2.StrictUndefined,
-    )
 
 
 def heat_color(rate: float | None, max_rate: float) -> str:
@@ -49,7 +40,7 @@ def heat_colors(summary: dict[str, Any]) -> list[list[str]]:
 
 def render_compare_html(summary: dict[str, Any], title: str = "dflare compare") -> str:
     """Render a compare summary (``CompareResult.to_dict()`` plus optional ``model``/``out`` keys) to HTML."""
-    template = _environment().get_template("compare.html")
+    template = environment().get_template("compare.html")
     return template.render(compare=summary, heat=heat_colors(summary), title=title, version=__version__)
 
 

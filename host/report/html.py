@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page (no external files or scripts; images inlined as data URIs).
 
 Sections: the campaign header (models, digests, device info, delegates, runtime versions), the
-summary numbers, two matplotlib plots (queries per seed; cumulative triggered vs queries), the
+summary numbers, two plots drawn as SVG (queries per seed; cumulative triggered vs queries), the
 analysis (label-flip table, per-class deviation rates, the L2 distance histogram of raw vs minimized
 inputs, operators, minimization and bound figures), and a gallery of deviating inputs, each with its
 seed, the raw mutant and the minimized mutant side by side (each with an amplified difference image
@@ -11,7 +11,6 @@ and its distances), the two models' top-5 probabilities and the mutation trace.
 from __future__ import annotations
 
 import base64
-import io
 import os
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 
 from host.campaign.artifacts import png_bytes
 from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
+from host.report import svg_charts
+from host.report.jinja_env import environment
 from host.search.deviation import top1_tied
 from host.search.results import SeedStatus
 
@@ -37,9 +38,8 @@ IMAGE_DISPLAY_PX = 112
 #: Classes shown in each probability chart (DFlare reports top-5).
 TOP_K = 5
 
-#: Plot size in inches at PLOT_DPI: wide enough to read at a laptop's width, small when inlined.
-PLOT_SIZE_IN = (6.0, 3.2)
-PLOT_DPI = 100
+#: Bins of the queries-per-seed histogram.
+HISTOGRAM_BINS = 30
 
 
 def data_uri(png: bytes) -> str:
@@ -127,90 +127,57 @@ def target_rows(target: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return {"model": rows, "device": main, "device_more": more}
 
 
-def _plot_png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return data_uri(buf.getvalue())
+_COLORS = {SeedStatus.triggered: "#c0392b", SeedStatus.flaky: "#e67e22", SeedStatus.exhausted: "#7f8c8d"}
 
 
 def plots(store: CampaignStore) -> dict[str, str]:
-    """The two plots as PNG data URIs: ``queries_per_seed`` and ``cumulative``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The two plots as SVG data URIs: ``queries_per_seed`` and ``cumulative``."""
     records = [r for r in store.outcomes() if r.status is not SeedStatus.skipped]
     out: dict[str, str] = {}
-    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+    title, xlabel, ylabel = "Queries per seed", "queries spent on the seed", "seeds"
     if records:
-        groups = [(s, [r.queries for r in records if r.status is s]) for s in
-                  (SeedStatus.triggered, SeedStatus.flaky, SeedStatus.exhausted)]
-        groups = [(s, q) for s, q in groups if q]
         top = max(r.queries for r in records)
-        bins = np.linspace(0, max(top, 1), 31)
-        colors = {SeedStatus.triggered: "#c0392b", SeedStatus.flaky: "#e67e22", SeedStatus.exhausted: "#7f8c8d"}
-        ax.hist([q for _, q in groups], bins=bins, stacked=True, label=[s.value for s, _ in groups],
-                color=[colors[s] for s, _ in groups])
-        ax.legend()
+        edges = np.linspace(0, max(top, 1), HISTOGRAM_BINS + 1)
+        series = [svg_charts.Series(s.value, np.histogram([r.queries for r in records if r.status is s],
+                                                          bins=edges)[0].tolist(), _COLORS[s])
+                  for s in _COLORS if any(r.status is s for r in records)]
+        chart = svg_charts.bar_chart(edges.tolist(), series, title, xlabel, ylabel, stacked=True)
     else:
-        ax.text(0.5, 0.5, "no seeds searched yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("queries spent on the seed")
-    ax.set_ylabel("seeds")
-    ax.set_title("Queries per seed")
-    out["queries_per_seed"] = _plot_png(fig)
+        chart = svg_charts.empty_chart("no seeds searched yet", title, xlabel, ylabel)
+    out["queries_per_seed"] = svg_charts.data_uri(chart)
 
-    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+    title, xlabel, ylabel = ("Triggered vs queries", "cumulative queries (seeds in order of completion)",
+                             "triggering inputs")
     if records:
-        queries = np.cumsum([r.queries for r in records])
-        hits = np.cumsum([r.status is SeedStatus.triggered for r in records])
-        ax.step(np.concatenate([[0], queries]), np.concatenate([[0], hits]), where="post", color="#c0392b")
+        queries = np.concatenate([[0], np.cumsum([r.queries for r in records])])
+        hits = np.concatenate([[0], np.cumsum([r.status is SeedStatus.triggered for r in records])])
+        chart = svg_charts.step_chart(queries.tolist(), hits.tolist(), title, xlabel, ylabel,
+                                      _COLORS[SeedStatus.triggered])
     else:
-        ax.text(0.5, 0.5, "no seeds searched yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("cumulative queries (seeds in order of completion)")
-    ax.set_ylabel("triggering inputs")
-    ax.set_title("Triggered vs queries")
-    out["cumulative"] = _plot_png(fig)
+        chart = svg_charts.empty_chart("no seeds searched yet", title, xlabel, ylabel)
+    out["cumulative"] = svg_charts.data_uri(chart)
     return out
 
 
-def distance_plot(hist: dict[str, Any]) -> str:
-    """The L2 histogram of raw vs minimized triggering inputs (``analysis.histogram``) as a PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
+def distance_plot(hist: dict[str, Any]) -> str | None:
+    """The L2 histogram of raw vs minimized triggering inputs (``analysis.histogram``) as an SVG data
+    URI, or None when there is no triggering input (the report then says so instead of drawing)."""
     edges = hist.get("edges") or []
-    if edges:
-        centers = (np.asarray(edges[:-1]) + np.asarray(edges[1:])) / 2
-        width = (edges[1] - edges[0]) * 0.42
-        ax.bar(centers - width / 2, hist["raw"], width=width, color="#c0392b", label="raw")
-        ax.bar(centers + width / 2, hist["minimized"], width=width, color="#2c7fb8", label="minimized")
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no triggering inputs yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("L2 distance from the seed (grey levels)")
-    ax.set_ylabel("triggering inputs")
-    ax.set_title("Distance from the seed")
-    return _plot_png(fig)
+    if not edges:
+        return None
+    series = [svg_charts.Series("raw", hist["raw"], "#c0392b")]
+    if any(hist["minimized"]):
+        series.append(svg_charts.Series("minimized", hist["minimized"], "#2c7fb8"))
+    return svg_charts.data_uri(svg_charts.bar_chart(edges, series, "Distance from the seed",
+                                                    "L2 distance from the seed (grey levels)", "triggering inputs",
+                                                    stacked=False))
 
 
 def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
     """Render the report page from the store and an already computed summary."""
-    import jinja2
-
     from host import __version__
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
-        undefined=jinja2.StrictUndefined,
-    )
+    env = environment()
     records = store.inputs()
     triggered = [r for r in records if r.status is SeedStatus.triggered]
     flaky = [r for r in records if r.status is SeedStatus.flaky]

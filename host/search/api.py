@@ -86,6 +86,7 @@ def run(
     *,
     labels: Sequence[int] | None = None,
     indices: Sequence[int] | None = None,
+    seed_probs: tuple[np.ndarray, np.ndarray] | None = None,
     verify_runs: int = VERIFY_RUNS,
     max_live_seeds: int = MAX_LIVE_SEEDS,
     max_speculation: int = MAX_SPECULATION,
@@ -109,6 +110,8 @@ def run(
         rng_seed: the run's random seed; seed i's generator derives from (rng_seed, i).
         labels: optional dataset labels (kept in ``extra``).
         indices: the seeds' indices if ``seeds`` is a subset of a larger set.
+        seed_probs: both models' probabilities on ``seeds``, when the caller already has them (the
+            campaign's agreement check): the seeds are not run again; their check is still counted.
         verify_runs: re-runs a deviation must survive on both models.
         max_live_seeds: seeds searched in lockstep at most.
         max_speculation: candidates DFlare may propose per seed and step (results do not depend on it).
@@ -132,7 +135,7 @@ def run(
                     mutation_threads=mutation_threads, clock=clock,
                     candidate_filter=BoundFilter(bound) if bound is not None and bound.active else None,
                     ignore_ties=ignore_ties)
-    for event in engine.run(seeds, labels=labels, indices=indices):
+    for event in engine.run(seeds, labels=labels, indices=indices, seed_probs=seed_probs):
         if on_event is not None:
             on_event(event)
         if event.result is not None:

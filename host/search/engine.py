@@ -182,6 +182,7 @@ class _SeedRun:
     searcher: Searcher | None = None
     flaky: list[dict] = field(default_factory=list)
     first_flaky: tuple | None = None  # (image, trace, probs_o, probs_c, reproduced)
+    known_probs: tuple[np.ndarray, np.ndarray] | None = None  # the seed's outputs, if the caller had them
 
 
 class Engine:
@@ -314,8 +315,8 @@ class Engine:
         return future_o.result(), future_c.result()
 
     # -- the campaign -----------------------------------------------------------------------
-    def run(self, seeds: np.ndarray, labels: Sequence[int] | None = None,
-            indices: Sequence[int] | None = None) -> Iterator[Event]:
+    def run(self, seeds: np.ndarray, labels: Sequence[int] | None = None, indices: Sequence[int] | None = None,
+            seed_probs: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[Event]:
         """Search every seed; yield events as they happen (final ones carry a ``SeedResult``).
 
         Args:
@@ -323,6 +324,9 @@ class Engine:
             labels: optional dataset labels, stored in results' ``extra``.
             indices: the seeds' indices (default 0..N-1); a seed's generator depends on its index,
                 so running ``seeds[i:i+1]`` with ``indices=[i]`` reproduces seed i of a larger run.
+            seed_probs: (original, compressed) probabilities on ``seeds`` already computed by the
+                caller; each seed then starts from them instead of a query batch. Its check is still
+                charged (2 queries), so counts do not depend on who ran it.
 
         Raises:
             SeedError: seeds of the wrong dtype or shape for the models.
@@ -334,8 +338,12 @@ class Engine:
             raise SeedError(f"{len(indices)} indices for {len(seeds)} seeds")
         if labels is not None and len(labels) != len(seeds):
             raise SeedError(f"{len(labels)} labels for {len(seeds)} seeds")
+        if seed_probs is not None and not (len(seed_probs[0]) == len(seed_probs[1]) == len(seeds)):
+            raise SeedError(f"seed probabilities for {len(seed_probs[0])} and {len(seed_probs[1])} seeds, "
+                            f"not {len(seeds)}")
         queue = deque(
-            _SeedRun(idx, seeds[i], None if labels is None else int(labels[i]), seed_rng(self.rng_seed, idx))
+            _SeedRun(idx, seeds[i], None if labels is None else int(labels[i]), seed_rng(self.rng_seed, idx),
+                     known_probs=None if seed_probs is None else (seed_probs[0][i], seed_probs[1][i]))
             for i, idx in enumerate(indices)
         )
         live: list[_SeedRun] = []
@@ -412,7 +420,11 @@ class Engine:
     def _step(self, live: list[_SeedRun], events: list[Event]) -> None:
         """One lockstep step: propose, mutate, one batch per model, verify, feed back."""
         step_start = self.clock()
-        initial = [seed for seed in live if seed.searcher is None]
+        for seed in live:  # seeds whose outputs the caller already has start without a query
+            if seed.searcher is None and seed.context is None and seed.known_probs is not None:
+                self._charge(seed, 1, 1)
+                self._start(seed, *seed.known_probs, events)
+        initial = [seed for seed in live if seed.searcher is None and seed.known_probs is None]
         with self._phase("propose"):
             rows = self._propose(live, events)
         by_index = {s.index: s for s in live}

@@ -279,7 +279,7 @@ def test_campaign_rides_out_an_adb_outage(device: AdbdSim, tmp_path: Path, refer
 
 def test_lasting_outage_stops_the_campaign_and_a_rerun_resumes_it(device: AdbdSim, tmp_path: Path, monkeypatch,
                                                                   reference: dict[int, tuple]) -> None:
-    from host.cli import EXIT_UNREACHABLE
+    from host.exit_codes import ExitCode
     from host.targets.adb import RECONNECT_TIMEOUT_ENV
 
     monkeypatch.setenv(RECONNECT_TIMEOUT_ENV, "2")  # the device will not come back within 2 s
@@ -290,7 +290,7 @@ def test_lasting_outage_stops_the_campaign_and_a_rerun_resumes_it(device: AdbdSi
     finally:
         proc.wait(timeout=RUN_TIMEOUT_S)
     stderr = "".join(lines)
-    assert proc.returncode == EXIT_UNREACHABLE, stderr
+    assert proc.returncode == ExitCode.unreachable, stderr
     error = next(line for line in lines if line.startswith("dflare: error: "))
     assert error.startswith(f"dflare: error: adb://{device.host}:{device.port}: running digits28-float16.tflite: "
                             "the adb connection dropped and did not come back within ")

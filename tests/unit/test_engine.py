@@ -310,3 +310,18 @@ def test_unknown_run_options_name_the_accepted_ones():
     seeds = _agreeing_seeds(1, original, compressed)
     with pytest.raises(ConfigError, match="rng_seed"):
         list(run(original, compressed, seeds, seed=3))
+
+
+def test_seed_outputs_given_by_the_caller_are_not_run_again_and_change_nothing_else():
+    original, compressed = LinearSession(), LinearSession(step=0.5)
+    seeds = _agreeing_seeds(6, original, compressed)
+    plain = {r.seed_index: (r.status, r.queries, r.trace) for r in run(original, compressed, seeds, budget=200)}
+    given = (original.infer(seeds), compressed.infer(seeds))
+    original.batches.clear()
+    results = run(original, compressed, seeds, budget=200, seed_probs=given)
+    assert {r.seed_index: (r.status, r.queries, r.trace) for r in results} == plain  # the check still counts
+    rerun = LinearSession()
+    list(run(rerun, compressed, seeds, budget=200))
+    assert sum(original.batches) == sum(rerun.batches) - len(seeds)  # one image fewer per seed: the check
+    with pytest.raises(SeedError, match="seed probabilities for 5 and 6 seeds"):
+        list(run(original, compressed, seeds, budget=200, seed_probs=(given[0][:5], given[1])))
