@@ -36,19 +36,55 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from host.memory import reuse_freed_buffers  # noqa: E402
 from host.search import mutations  # noqa: E402
+from host.search.dflare import DEFAULT  # noqa: E402
+from host.search.results import MutationStep  # noqa: E402
 
 #: (H, W, C): the fixtures' sizes, then the usual mobile classifier inputs.
 SHAPES: tuple[tuple[int, int, int], ...] = (
     (28, 28, 1), (32, 32, 3), (64, 64, 3), (96, 96, 3), (160, 160, 3), (224, 224, 3))
 
 
+#: The noise the default search draws (the original code's: sigma 0.32 grey levels, wrap-around).
+ORIGINAL_NOISE = not DEFAULT.strong_noise
+#: The issue-19 bar: mean mutation cost per 224x224x3 candidate over DFlare's operator mix, one core.
+GOAL_224_MS = 0.4
+
+
 def batch(shape: tuple[int, int, int], rows: int, seed: int = 0) -> tuple[np.ndarray, list]:
-    """Random images and one drawn step per row, operators in turn."""
+    """Random images and one drawn step per row, operators in turn (the default search's noise)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (rows, *shape), dtype=np.uint8)
-    steps = [mutations.draw(mutations.OPERATORS[i % len(mutations.OPERATORS)], rng, shape) for i in range(rows)]
+    steps = [mutations.draw(mutations.OPERATORS[i % len(mutations.OPERATORS)], rng, shape, faithful=ORIGINAL_NOISE)
+             for i in range(rows)]
     return images, steps
+
+
+def per_operator(shape: tuple[int, int, int], rows: int, rounds: int) -> list[dict]:
+    """ms per candidate of each operator (each blur kernel apart) on one thread, and the mix's mean.
+
+    The mean weighs operators equally and each blur's kernels equally, as DFlare draws them. The
+    process keeps freed buffers for reuse, as the engine does (``host.memory``).
+    """
+    reuse_freed_buffers()
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (rows, *shape), dtype=np.uint8)
+    out = []
+    kernels = {"box_blur": mutations.BOX_KERNELS, "gaussian_blur": mutations.GAUSSIAN_KERNELS,
+               "median_blur": mutations.MEDIAN_KERNELS}
+    for op in mutations.OPERATORS:
+        if op in kernels:
+            per_kernel = {}
+            for k in kernels[op]:
+                steps = [MutationStep(op, {"kernel": k})] * rows
+                per_kernel[k] = median_ms(lambda steps=steps: mutations.apply(images, steps), rounds) / rows
+            out.append({"op": op, "ms": float(np.mean(list(per_kernel.values()))), "kernels": per_kernel})
+        else:
+            steps = [mutations.draw(op, rng, shape, faithful=ORIGINAL_NOISE) for _ in range(rows)]
+            out.append({"op": op, "ms": median_ms(lambda steps=steps: mutations.apply(images, steps), rounds) / rows})
+    out.append({"op": "mean over the operator mix", "ms": float(np.mean([r["ms"] for r in out]))})
+    return out
 
 
 def median_ms(run, rounds: int) -> float:
@@ -141,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per point (median; default 15)")
     parser.add_argument("--threads", type=int, nargs="+", default=[2],
                         help="thread counts to split over (default 2)")
+    parser.add_argument("--per-operator", action="store_true",
+                        help="ms per candidate of each operator on one thread, at --size (default 224)")
+    parser.add_argument("--size", type=int, default=224, help="image side for --per-operator (default 224)")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--search", action="store_true",
                         help="measure a whole DFlare search on large images instead (needs TensorFlow)")
@@ -150,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 1 or args.rounds < 1 or min(args.threads) < 2:
         parser.error("--rows and --rounds must be at least 1, --threads at least 2")
+    if args.per_operator:
+        rows = per_operator((args.size, args.size, 3), min(args.rows, 8), args.rounds)
+        print(json.dumps(rows) if args.json else operator_table(rows, args))
+        return 0
     if args.search:
         try:
             import tensorflow  # noqa: F401
@@ -173,6 +216,21 @@ def batch_table(rows: list[dict], args: argparse.Namespace) -> str:
         cells = " | ".join(f"{ms:.2f} ({r['serial_ms'] / ms:.2f}x)" for ms in r["threads"].values())
         lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['values']:,} | {r['serial_ms']:.2f} | "
                      f"{1e3 * r['serial_ms'] / r['rows']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
+def operator_table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown: ms per candidate of each operator, and the mix's mean against the goal."""
+    lines = [f"{args.size}x{args.size}x3, {min(args.rows, 8)} candidates per call, one thread, the default search's "
+             f"noise; median of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}.", "",
+             "| operator | ms per candidate | per kernel |", "|---|---|---|"]
+    for r in rows:
+        kernels = ", ".join(f"k={k}: {ms:.3f}" for k, ms in r.get("kernels", {}).items())
+        lines.append(f"| {r['op']} | {r['ms']:.3f} | {kernels} |")
+    mean = rows[-1]["ms"]
+    if args.size == 224:
+        lines += ["", f"Mean {mean:.3f} ms per candidate (goal <= {GOAL_224_MS} ms: "
+                      f"{'met' if mean <= GOAL_224_MS else 'NOT met'})."]
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from host.errors import ConfigError, ModelError, SeedError
+from host.memory import reuse_freed_buffers
 from host.search import deviation, mutations
 from host.search.results import SeedResult, SeedStatus
 from host.search.searcher import Candidate, Searcher, SeedContext
@@ -233,6 +234,7 @@ class Engine:
             raise ConfigError(f"mutation_threads must be at least 1, got {mutation_threads}")
         if rng_seed < 0:
             raise ConfigError(f"the random seed must be a non-negative integer, got {rng_seed}")
+        reuse_freed_buffers()  # a step's large temporaries would otherwise cost a page fault per page
         self.original = original
         self.compressed = compressed
         self.make_searcher = make_searcher

@@ -57,6 +57,7 @@ import functools
 import math
 from collections import defaultdict
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -98,12 +99,26 @@ _SMALL_GAUSSIAN_TAPS: dict[int, tuple[float, ...]] = {
     7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
 }
 
+#: Images with fewer pixels (H*W) than this are padded by one vectorized gather and median-filtered by
+#: a numpy sorting network; larger ones get OpenCV's border copy and median kernel (scripts/bench_mutations.py).
+SMALL_IMAGE_PIXELS: int = 64 * 64
+
+#: Values a noise operator processes per pass (about 256 KiB of float32 per temporary).
+NOISE_PASS_VALUES: int = 64 * 1024
+
 #: :func:`apply_parallel` splits a batch only when each chunk keeps at least this many values
 #: (N*H*W*C). Below it, thread hand-offs, GIL contention and the per-operator Python cost outweigh
 #: the numpy loops run in parallel (scripts/bench_mutations.py, 2 threads: 32 candidates of 32x32x3
 #: run at 0.5-0.6x one thread's speed and 64 at 1.0x; 32 of 64x64x3 at 1.2x, of 96x96x3 and larger
 #: at 1.6-2.5x).
 PARALLEL_MIN_VALUES: int = 150_000
+
+#: How new noise steps turn their seed into normals (the step's ``normals`` param): SplitMix64 words
+#: split into 16-bit levels, each looked up in ``normal_quantiles.npy`` and scaled in float32. Steps
+#: without the param (stored before it existed) use ``boxmuller``, the earlier float64 Box-Muller
+#: transform, so their traces replay unchanged.
+NORMALS: str = "quantile16"
+_NORMAL_KINDS: tuple[str, ...] = ("boxmuller", "quantile16")
 
 #: Noise seeds are drawn below 2**63 so they survive a round trip through JSON and SQLite INTEGER.
 _NOISE_SEED_BOUND: int = 2**63
@@ -134,7 +149,7 @@ def draw(op: str, rng: np.random.Generator, image_shape: Sequence[int], faithful
     size = int(image_shape[0]) * int(image_shape[1]) * int(image_shape[2])
     if op == "gaussian_noise":
         sigma = math.sqrt(GAUSSIAN_VAR) * (1.0 if faithful else 255.0)
-        return MutationStep(op, {"seed": _noise_seed(rng), "sigma": sigma, "wrap": faithful})
+        return MutationStep(op, {"seed": _noise_seed(rng), "sigma": sigma, "wrap": faithful, "normals": NORMALS})
     if op == "salt_pepper":
         n_salt = math.ceil(SALT_PEPPER_AMOUNT * size * SALT_VS_PEPPER)
         n_pepper = math.ceil(SALT_PEPPER_AMOUNT * size * (1.0 - SALT_VS_PEPPER))
@@ -144,7 +159,8 @@ def draw(op: str, rng: np.random.Generator, image_shape: Sequence[int], faithful
     if op == "speckle_noise":
         mean = -0.5 + float(rng.random())
         sigma = math.sqrt(SPECKLE_MAX_VAR * float(rng.random()))
-        return MutationStep(op, {"seed": _noise_seed(rng), "mean": mean, "sigma": sigma, "wrap": faithful})
+        return MutationStep(op, {"seed": _noise_seed(rng), "mean": mean, "sigma": sigma, "wrap": faithful,
+                                 "normals": NORMALS})
     if op == "pixel_change":
         count = int(rng.integers(0, PIXEL_CHANGE_MAX_COUNT + 1))
         indices = rng.integers(0, size, count)
@@ -283,34 +299,91 @@ def _standard_normals(seeds: Sequence[int], n: int) -> np.ndarray:
 
 
 def _to_uint8(values: np.ndarray, wrap: np.ndarray) -> np.ndarray:
-    """Round and clip to 0..255, or (rows where ``wrap``) truncate toward zero and wrap mod 256."""
-    clipped = np.clip(np.rint(values), 0, 255)
-    if not wrap.any():
-        return clipped.astype(np.uint8)
-    wrapped = np.mod(np.trunc(values).astype(np.int64), 256)
-    shape = (-1,) + (1,) * (values.ndim - 1)
-    return np.where(wrap.reshape(shape), wrapped, clipped).astype(np.uint8)
+    """Round and clip to 0..255, or (rows where ``wrap``) truncate toward zero and wrap mod 256.
+
+    The wrap is ``astype(uint8)`` of the truncated integer, as the original code's cast: an int16
+    cast (noisy values stay far inside its range) then the modular cast to uint8, which is the
+    same as ``mod 256`` and costs a fraction of an int64 ``mod``.
+    """
+    out = np.empty(values.shape, dtype=np.uint8)
+    wrap = np.asarray(wrap, dtype=bool)
+    for rows, wrapped in ((np.flatnonzero(~wrap), False), (np.flatnonzero(wrap), True)):
+        if not rows.size:
+            continue
+        part = values if rows.size == len(values) else values[rows]
+        if wrapped:
+            result = np.trunc(part).astype(np.int16).astype(np.uint8)
+        else:
+            result = np.clip(np.rint(part), 0, 255).astype(np.uint8)
+        if rows.size == len(values):
+            return result
+        out[rows] = result
+    return out
 
 
-def _noise(images: np.ndarray, params: list[dict], mean_key: str | None) -> np.ndarray:
+@functools.cache
+def _quantile_table() -> np.ndarray:
+    """The 65,536 normal quantiles (``scripts/make_normal_quantiles.py``) as float32 multiples of 2**-20."""
+    table = np.load(Path(__file__).with_name("normal_quantiles.npy"))
+    return table.astype(np.float32) * np.float32(2.0**-20)
+
+
+def _quantile_normals(seeds: Sequence[int], n: int) -> np.ndarray:
+    """(len(seeds), n) float32 N(0, 1) draws: each SplitMix64 word gives four 16-bit levels (lowest
+    bits first), each level its quantile. Integer work and one table look-up: no transcendental
+    function, so the bits are the same on every platform."""
+    words = _splitmix64(np.asarray(seeds, dtype=np.uint64), (n + 3) // 4)
+    levels = np.ascontiguousarray(words, dtype="<u8").view("<u2")[:, :n]
+    return np.take(_quantile_table(), levels)
+
+
+def _noise_rows(images: np.ndarray, params: list[dict], combine) -> np.ndarray:
+    """Apply a noise operator row group by row group, one group per ``normals`` generator.
+
+    ``combine(x, noise)`` gets the images (in the generator's float type: float64 for
+    ``boxmuller``, as stored traces were made; float32 for ``quantile16``) and ``sigma * z`` per row
+    (``z`` standard normal); it returns the noisy values, rounded by :func:`_to_uint8`. Each row's
+    bytes depend only on its image and step, never on the rows beside it.
+    """
+    kinds = [p.get("normals", "boxmuller") for p in params]
+    unknown = sorted(set(kinds) - set(_NORMAL_KINDS))
+    if unknown:
+        raise MutationError(f"unknown noise generator {unknown[0]!r}; expected one of {', '.join(_NORMAL_KINDS)}")
+    out = np.empty_like(images)
     n = math.prod(images.shape[1:])
-    noise = _standard_normals([int(p["seed"]) for p in params], n).reshape(images.shape)
-    shape = (-1,) + (1,) * (images.ndim - 1)
-    noise *= np.asarray([float(p["sigma"]) for p in params]).reshape(shape)
-    if mean_key is not None:
-        noise += np.asarray([float(p[mean_key]) for p in params]).reshape(shape)
-    return noise
+    # rows per pass: the float temporaries of a pass stay in the CPU's cache (a pass over a batch of
+    # large images is bound by memory bandwidth, not arithmetic)
+    per_pass = max(1, NOISE_PASS_VALUES // max(1, n))
+    for kind, generate in (("boxmuller", _standard_normals), ("quantile16", _quantile_normals)):
+        kind_rows = [i for i, k in enumerate(kinds) if k == kind]
+        for start in range(0, len(kind_rows), per_pass):
+            rows = kind_rows[start : start + per_pass]
+            group = [params[i] for i in rows]
+            noise = generate([int(p["seed"]) for p in group], n)
+            noise *= np.asarray([float(p["sigma"]) for p in group], dtype=noise.dtype)[:, None]
+            x = images[rows].astype(noise.dtype)
+            values = combine(x, noise.reshape(x.shape), group)
+            out[rows] = _to_uint8(values, np.asarray([bool(p.get("wrap", False)) for p in group]))
+    return out
 
 
 def _gaussian_noise(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    values = images.astype(np.float64) + _noise(images, params, None)
-    return _to_uint8(values, np.asarray([bool(p.get("wrap", False)) for p in params]))
+    def combine(x: np.ndarray, noise: np.ndarray, group: list[dict]) -> np.ndarray:
+        x += noise
+        return x
+
+    return _noise_rows(images, params, combine)
 
 
 def _speckle_noise(images: np.ndarray, params: list[dict]) -> np.ndarray:
-    x = images.astype(np.float64)
-    values = x + x * _noise(images, params, "mean")
-    return _to_uint8(values, np.asarray([bool(p.get("wrap", False)) for p in params]))
+    def combine(x: np.ndarray, noise: np.ndarray, group: list[dict]) -> np.ndarray:
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        noise += np.asarray([float(p["mean"]) for p in group], dtype=noise.dtype).reshape(shape)
+        noise *= x
+        x += noise  # x + x * (sigma z + mean)
+        return x
+
+    return _noise_rows(images, params, combine)
 
 
 def _set_values(images: np.ndarray, passes: list[list[tuple[Sequence[int], Any]]]) -> np.ndarray:
@@ -396,44 +469,104 @@ def _pad(images: np.ndarray, before: int, after: int, mode: str) -> np.ndarray:
     return images[:, rows, cols, :]
 
 
-def _separable(images: np.ndarray, taps: Sequence[float], anchor: int) -> np.ndarray:
-    """Correlate H then W with ``taps`` (reflect-101 border) in float64; round half to even."""
-    k = len(taps)
-    h, w = images.shape[1:3]
-    padded = _pad(images, anchor, k - 1 - anchor, "reflect").astype(np.float64)
-    rows = sum(t * padded[:, i : i + h, :, :] for i, t in enumerate(taps))
-    cols = sum(t * rows[:, :, i : i + w, :] for i, t in enumerate(taps))
-    return np.clip(np.rint(cols), 0, 255).astype(np.uint8)
+@functools.cache
+def _cv2():
+    """OpenCV, imported on first use (host only). Its own thread pool is turned off: a step's
+    mutations already run on the threads :func:`apply_parallel` gives them."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _mosaic(images: np.ndarray, before: int, after: int, mode: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Each image padded on its own (``reflect`` is reflect-101, ``edge`` replicates), the padded
+    images stacked into one tall 2-D (or HxWxC) image for a single OpenCV call.
+
+    A window of the filter that starts in a tile's padded rows never reaches the next tile, so every
+    output pixel is exactly the filter of its own image with that border; the caller crops each
+    tile. Returns the mosaic and the padded batch shape.
+    """
+    n, h, w, c = images.shape
+    padded_shape = (n, h + before + after, w + before + after, c)
+    if h * w < SMALL_IMAGE_PIXELS:
+        padded = np.ascontiguousarray(_pad(images, before, after, mode))
+    else:  # large images: a memcpy-speed border per image beats one fancy-index gather
+        cv2 = _cv2()
+        border = cv2.BORDER_REFLECT_101 if mode == "reflect" else cv2.BORDER_REPLICATE
+        padded = np.empty(padded_shape, dtype=images.dtype)
+        for i in range(n):
+            cv2.copyMakeBorder(images[i], before, after, before, after, border,
+                               dst=padded[i] if c > 1 else padded[i, :, :, 0])
+    mosaic = padded.reshape(n * padded_shape[1], padded_shape[2], c)
+    return (mosaic[:, :, 0] if c == 1 else mosaic), padded_shape
+
+
+def _tiles(result: np.ndarray, padded_shape: tuple[int, ...], offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Crop each image back out of a filtered mosaic: rows and columns offset..offset+H/W of its tile."""
+    n, h, w, c = shape
+    tiles = result.reshape(padded_shape)
+    return np.ascontiguousarray(tiles[:, offset : offset + h, offset : offset + w, :])
 
 
 def _box_blur(images: np.ndarray, kernel: int) -> np.ndarray:
+    """Mean over the k x k window (anchor k // 2, reflect-101), rounded half to even.
+
+    OpenCV sums each window (exact integers in float32); the mean is taken here, so the bytes are
+    those of the plain formula (OpenCV's own 8-bit rounding differs on ties).
+    """
     if kernel not in BOX_KERNELS:
         raise MutationError(f"box blur kernel must be one of {BOX_KERNELS}, got {kernel}")
     if kernel == 1:
         return images.copy()
     k = kernel
-    h, w = images.shape[1:3]
     anchor = k // 2
-    padded = _pad(images, anchor, k - 1 - anchor, "reflect").astype(np.uint16)  # sums <= 25 * 255
-    rows = sum(padded[:, i : i + h, :, :] for i in range(k))
-    total = sum(rows[:, :, i : i + w, :] for i in range(k))
-    return np.clip(np.rint(total / float(k * k)), 0, 255).astype(np.uint8)
+    cv2 = _cv2()
+    mosaic, padded_shape = _mosaic(images, anchor, k - 1 - anchor, "reflect")
+    total = cv2.boxFilter(mosaic, cv2.CV_32F, (k, k), anchor=(0, 0), normalize=False,
+                          borderType=cv2.BORDER_CONSTANT)
+    total = _tiles(total, padded_shape, 0, images.shape)
+    # float32 division rounds to the same integer as the float64 formula: k*k is a power of two
+    # (exact) or odd, and then no window sum / k*k lies within float32's error of a half
+    total /= np.float32(k * k)
+    return np.clip(np.rint(total), 0, 255).astype(np.uint8)
 
 
 def _gaussian_blur(images: np.ndarray, kernel: int) -> np.ndarray:
+    """OpenCV's fixed small Gaussian taps (sigma 0), separable, reflect-101, rounded half to even.
+
+    The taps are multiples of 1/64, so every partial sum is exact in float32 and the result is the
+    exact filter value before rounding (OpenCV's 8-bit fixed-point path rounds ties differently).
+    """
     if kernel not in GAUSSIAN_KERNELS:
         raise MutationError(f"gaussian blur kernel must be one of {GAUSSIAN_KERNELS}, got {kernel}")
     if kernel == 1:
         return images.copy()
-    return _separable(images, _SMALL_GAUSSIAN_TAPS[kernel], kernel // 2)
+    cv2 = _cv2()
+    anchor = kernel // 2
+    mosaic, padded_shape = _mosaic(images, anchor, kernel - 1 - anchor, "reflect")
+    taps = np.asarray(_SMALL_GAUSSIAN_TAPS[kernel], dtype=np.float32)
+    out = cv2.sepFilter2D(mosaic.astype(np.float32), cv2.CV_32F, taps, taps, anchor=(0, 0),
+                          borderType=cv2.BORDER_CONSTANT)
+    return np.clip(np.rint(_tiles(out, padded_shape, 0, images.shape)), 0, 255).astype(np.uint8)
 
 
 def _median_blur(images: np.ndarray, kernel: int) -> np.ndarray:
+    """Median of the k x k window, border replicated (OpenCV's ``medianBlur``).
+
+    OpenCV's kernel on large images (and any channel count it takes: 1, 3, 4); a sorting network
+    over whole planes on small ones, where it is faster than OpenCV's per-call set-up. Both give the
+    exact median, so the bytes are the same either way.
+    """
     if kernel not in MEDIAN_KERNELS:
         raise MutationError(f"median blur kernel must be one of {MEDIAN_KERNELS}, got {kernel}")
     if kernel == 1:
         return images.copy()
     r = kernel // 2
+    n, h, w, c = images.shape
+    if h * w >= SMALL_IMAGE_PIXELS and c in (1, 3, 4):
+        mosaic, padded_shape = _mosaic(images, r, r, "edge")
+        return _tiles(_cv2().medianBlur(mosaic, kernel), padded_shape, r, images.shape)
     return _median_by_network(_pad(images, r, r, "edge"), kernel, images.shape)
 
 

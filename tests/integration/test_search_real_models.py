@@ -75,16 +75,18 @@ def _faithful_candidates(pair_name: str, n_seeds: int) -> list[tuple[int, str, i
 
 #: (seed index, status, candidates) of dflare-faithful, rng seed 0, 4,000 queries per seed, delegate ref.
 FAITHFUL_REAL_A8W8 = [
-    (0, "triggered", 34), (1, "triggered", 14), (2, "triggered", 57), (3, "triggered", 37), (4, "triggered", 12),
-    (5, "triggered", 8), (6, "triggered", 48), (7, "triggered", 29), (9, "triggered", 45), (10, "triggered", 22),
-    (11, "triggered", 16), (12, "triggered", 13), (13, "triggered", 21), (14, "triggered", 19), (15, "triggered", 10),
-    (16, "triggered", 3), (17, "triggered", 80), (18, "triggered", 2), (19, "triggered", 21), (20, "triggered", 6),
+    (0, "triggered", 30), (1, "triggered", 14), (2, "triggered", 39), (3, "triggered", 37), (4, "triggered", 12),
+    (5, "triggered", 14), (6, "triggered", 31), (7, "triggered", 29), (9, "triggered", 19), (10, "triggered", 41),
+    (11, "triggered", 22), (12, "triggered", 15), (13, "triggered", 23), (14, "triggered", 31),
+    (15, "triggered", 10), (16, "triggered", 3), (17, "triggered", 50), (18, "triggered", 4), (19, "triggered", 15),
+    (20, "triggered", 6),
 ]
 FAITHFUL_DIGITS28_INT8 = [
-    (0, "triggered", 12), (1, "triggered", 120), (2, "triggered", 41), (3, "triggered", 42), (4, "triggered", 9),
-    (5, "triggered", 30), (6, "triggered", 75), (7, "triggered", 141), (8, "triggered", 13), (9, "triggered", 12),
-    (10, "triggered", 51), (12, "triggered", 271), (13, "triggered", 80), (14, "triggered", 42), (15, "triggered", 14),
-    (16, "triggered", 38), (17, "triggered", 14), (18, "triggered", 93), (19, "triggered", 46), (20, "triggered", 119),
+    (0, "triggered", 52), (1, "triggered", 65), (2, "triggered", 23), (3, "triggered", 13), (4, "triggered", 18),
+    (5, "triggered", 20), (6, "triggered", 26), (7, "triggered", 89), (8, "triggered", 12), (9, "triggered", 12),
+    (10, "triggered", 41), (12, "triggered", 51), (13, "triggered", 46), (14, "triggered", 85),
+    (15, "triggered", 14), (16, "triggered", 47), (17, "triggered", 64), (18, "triggered", 15),
+    (19, "triggered", 16), (20, "triggered", 185),
 ]
 
 
