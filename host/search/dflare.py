@@ -292,17 +292,23 @@ def kept_rows(config: DFlareConfig, best: Best, rejected_in_a_row: int, diffs: n
     Returns:
         (kept, by_stall): boolean masks; ``by_stall`` marks rows kept only by the stall rule.
     """
-    change = np.abs(diffs) - abs(best.diff)
+    return _kept(config, best.diff, best.margin, rejected_in_a_row + np.arange(len(diffs)), diffs, margins, novel)
+
+
+def _kept(config: DFlareConfig, best_diff, best_margin, rejected_before, diffs: np.ndarray, margins: np.ndarray,
+          novel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kept_rows` with the state per row (scalars or arrays): rows of several seeds at once."""
+    change = np.abs(diffs) - np.abs(best_diff)
     better = change > config.diff_threshold if config.improvement_only \
         else np.abs(change) > config.diff_threshold
     if novel is not None:
         better = better | novel
     if config.margin_fitness:
-        step = min(config.diff_threshold, MARGIN_RELATIVE_STEP * best.margin)
-        better = better | (margins < best.margin - step)
+        step = np.minimum(config.diff_threshold, MARGIN_RELATIVE_STEP * np.asarray(best_margin))
+        better = better | (margins < best_margin - step)
     by_stall = np.zeros(len(diffs), dtype=bool)
     if config.stall_patience is not None:
-        by_stall = ~better & (rejected_in_a_row + np.arange(len(diffs)) >= config.stall_patience)
+        by_stall = ~better & (rejected_before >= config.stall_patience)
     return better | by_stall, by_stall
 
 
@@ -367,31 +373,73 @@ class DFlareSearcher:
         joined the corpus), so row j's verdict in the one-at-a-time loop is its verdict against
         that state, up to the first kept row.
         """
-        if not self._pending or not candidates:
-            return 0
-        n = len(candidates)
-        probs_original, probs_compressed = probs_original[:n], probs_compressed[:n]
-        diffs = self._diffs(probs_original, probs_compressed)
-        margins = pair_margin(probs_original, probs_compressed)
+        return DFlareSearcher.observe_many([self], [candidates], probs_original, probs_compressed,
+                                           [(0, len(candidates))])[0]
+
+    @staticmethod
+    def observe_many(searchers: list[DFlareSearcher], candidate_lists: list[list[Candidate]],
+                     probs_original: np.ndarray, probs_compressed: np.ndarray,
+                     spans: list[tuple[int, int]]) -> list[int]:
+        """:meth:`observe` for many seeds at once: seed i's rows are ``spans[i]`` of the probabilities.
+
+        The differences, margins and the acceptance rule run in one numpy pass over every row of the
+        step (the novelty distances per seed, against each seed's own corpus); only the seeds that
+        keep a candidate run Python. Each seed's verdicts are exactly those of its own
+        :meth:`observe`. The searchers must share one config.
+
+        Returns:
+            Candidates each seed consumed.
+        """
+        consumed = [0] * len(searchers)
+        live = [i for i, (s, (lo, hi)) in enumerate(zip(searchers, spans)) if s._pending and hi > lo]
+        if not live:
+            return consumed
+        config = searchers[live[0]].config
+        lengths = np.asarray([spans[i][1] - spans[i][0] for i in live])
+        rows = np.concatenate([np.arange(*spans[i]) for i in live])
+        owner = np.repeat(np.arange(len(live)), lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        po, pc = probs_original[rows], probs_compressed[rows]
+        if config.seed_label_difference:
+            labels = np.asarray([searchers[i].seed.label for i in live])[owner]
+            diffs = (po[np.arange(len(rows)), labels] - pc[np.arange(len(rows)), labels]).astype(np.float64)
+        else:
+            diffs = output_difference(po, pc, 0, seed_label=False)
+        margins = pair_margin(po, pc)
         vectors = novel = None
-        if self.corpus is not None:
-            vectors = np.concatenate([probs_original, probs_compressed], axis=1)
-            novel = self.corpus.nearest_sq_distances(vectors) > self.corpus.threshold
-        kept, by_stall = kept_rows(self.config, self.best, self.rejected_in_a_row, diffs, margins, novel)
-        hits = np.flatnonzero(kept)
-        if not hits.size:
-            self._consumed += n
-            self.rejected_in_a_row += n
-            return n
-        j = int(hits[0])
-        self._consumed += j + 1
-        self.rejected_in_a_row = 0
-        self.stall_escapes += int(by_stall[j])
-        if novel is not None and novel[j]:
-            self.corpus.add(vectors[j])  # type: ignore[union-attr,index]
-        self._keep(candidates[j], Best(float(diffs[j]), float(margins[j])))
-        self.end_step()  # later candidates were mutations of the image just replaced
-        return j + 1
+        if config.use_novelty:
+            vectors = np.concatenate([po, pc], axis=1)
+            novel = np.empty(len(rows), dtype=bool)
+            for k, i in enumerate(live):
+                corpus = searchers[i].corpus
+                part = slice(starts[k], starts[k] + lengths[k])
+                novel[part] = corpus.nearest_sq_distances(vectors[part]) > corpus.threshold  # type: ignore[union-attr]
+        best_diff = np.asarray([searchers[i].best.diff for i in live])[owner]
+        best_margin = np.asarray([searchers[i].best.margin for i in live])[owner]
+        rejected = np.asarray([searchers[i].rejected_in_a_row for i in live])[owner] + \
+            (np.arange(len(rows)) - starts[owner])
+        kept, by_stall = _kept(config, best_diff, best_margin, rejected, diffs, margins, novel)
+        # the first kept row of each seed (its length when none): a masked minimum per segment
+        position = np.where(kept, np.arange(len(rows)) - starts[owner], np.iinfo(np.int64).max)
+        first = np.minimum.reduceat(position, starts)
+        for k, i in enumerate(live):
+            searcher, n = searchers[i], int(lengths[k])
+            j = int(first[k])
+            if j >= n:
+                searcher._consumed += n
+                searcher.rejected_in_a_row += n
+                consumed[i] = n
+                continue
+            row = int(starts[k]) + j
+            searcher._consumed += j + 1
+            searcher.rejected_in_a_row = 0
+            searcher.stall_escapes += int(by_stall[row])
+            if novel is not None and novel[row]:
+                searcher.corpus.add(vectors[row])  # type: ignore[union-attr,index]
+            searcher._keep(candidate_lists[i][j], Best(float(diffs[row]), float(margins[row])))
+            searcher.end_step()  # later candidates were mutations of the image just replaced
+            consumed[i] = j + 1
+        return consumed
 
     @property
     def proposal_open(self) -> bool:

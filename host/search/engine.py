@@ -493,13 +493,17 @@ class Engine:
         its algorithm reached (to verify). A batch algorithm (a GA generation) consumes all its rows;
         a speculative one stops at its first kept candidate, which voids the rest."""
         suspects: list[tuple[_SeedRun, int]] = []
+        firsts: dict[int, int | None] = {}
+        for idx, (lo, hi) in spans.items():
+            hits = np.flatnonzero(deviates[lo:hi])
+            firsts[idx] = int(hits[0]) if hits.size else None
+        observed = self._observe_speculative(by_index, rows, spans, firsts, probs_o, probs_c)
         for idx, (lo, hi) in spans.items():
             seed, cands = by_index[idx], rows[idx]
             searcher = seed.searcher
             assert searcher is not None
             seed.steps += 1
-            hits = np.flatnonzero(deviates[lo:hi])
-            d = int(hits[0]) if hits.size else None
+            d = firsts[idx]
             if not searcher.speculative:
                 consumed = len(cands)
                 if d is None:
@@ -507,8 +511,7 @@ class Engine:
                 else:
                     suspects.append((seed, lo + d))
             else:
-                end = len(cands) if d is None else d
-                consumed = searcher.observe(cands[:end], probs_o[lo : lo + end], probs_c[lo : lo + end])
+                consumed = observed[idx]
                 if d is not None and consumed == d and searcher.proposal_open:
                     consumed = d + 1
                     suspects.append((seed, lo + d))
@@ -518,6 +521,35 @@ class Engine:
                     seed.width = max(1, consumed) if kept else min(2 * seed.width, self.max_speculation)
             self._charge(seed, consumed, hi - lo)
         return suspects
+
+    @staticmethod
+    def _observe_speculative(by_index: dict[int, _SeedRun], rows: dict[int, list[Candidate]],
+                             spans: dict[int, tuple[int, int]], firsts: dict[int, int | None],
+                             probs_o: np.ndarray, probs_c: np.ndarray) -> dict[int, int]:
+        """Feed each speculative seed its rows up to its first deviation; return what each consumed.
+
+        Searchers of a class with ``observe_many`` (DFlare's, one numpy pass for the whole step) are
+        fed together, the others one by one; the verdicts are the same either way.
+        """
+        observed: dict[int, int] = {}
+        groups: dict[type, list[int]] = {}
+        for idx in spans:
+            searcher = by_index[idx].searcher
+            if searcher is not None and searcher.speculative:
+                groups.setdefault(type(searcher), []).append(idx)
+        for kind, members in groups.items():
+            ends = {i: len(rows[i]) if firsts[i] is None else firsts[i] for i in members}
+            many = getattr(kind, "observe_many", None)
+            if many is not None:
+                results = many([by_index[i].searcher for i in members], [rows[i][: ends[i]] for i in members],
+                               probs_o, probs_c, [(spans[i][0], spans[i][0] + ends[i]) for i in members])
+                observed.update(zip(members, results))
+                continue
+            for i in members:
+                lo, end = spans[i][0], ends[i]
+                observed[i] = by_index[i].searcher.observe(rows[i][:end], probs_o[lo : lo + end],  # type: ignore
+                                                           probs_c[lo : lo + end])
+        return observed
 
     @staticmethod
     def _observe_flaky(seed: _SeedRun, cands: list[Candidate], span: tuple[int, int], r: int,
