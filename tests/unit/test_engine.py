@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+import host.search.engine as engine_module
 import host.search.mutations as mutations
 from host.errors import ConfigError, SeedError
 from host.search import ALGORITHMS, Budget, Engine, EventKind, ExitReason, SeedStatus, replay, run, searcher_factory
@@ -241,7 +242,8 @@ def test_a_deviation_that_does_not_reproduce_is_flaky_not_triggered(speculation)
     assert engine.total_verify_queries == sum(r.extra["verify_queries"] for r in results.values()) > 0
 
 
-def test_the_two_sessions_run_concurrently():
+def test_the_two_sessions_run_concurrently_on_large_batches(monkeypatch):
+    monkeypatch.setattr(engine_module, "PARALLEL_INFER_MIN_VALUES", 1)  # every batch counts as large
     original, compressed = LinearSession(), LinearSession()
     seeds = _agreeing_seeds(2, original, compressed)
     original.threads.clear()
@@ -249,7 +251,18 @@ def test_the_two_sessions_run_concurrently():
     original.barrier = compressed.barrier = threading.Barrier(2)
     results = list(run(original, compressed, seeds, budget=10, max_speculation=1))  # serial calls break the barrier
     assert len(results) == 2 and original.batches == compressed.batches == [2] * 5
-    assert "MainThread" not in original.threads | compressed.threads
+    assert "MainThread" not in original.threads and compressed.threads == {"MainThread"}
+
+
+def test_small_batches_run_both_sessions_on_the_calling_thread(monkeypatch):
+    monkeypatch.setattr(engine_module, "PARALLEL_INFER_MIN_VALUES", 10**9)
+    original, compressed = LinearSession(), LinearSession()
+    seeds = _agreeing_seeds(2, original, compressed)
+    original.threads.clear()
+    compressed.threads.clear()
+    results = list(run(original, compressed, seeds, budget=10, max_speculation=1))
+    assert len(results) == 2
+    assert original.threads == compressed.threads == {"MainThread"}
 
 
 def test_one_session_as_both_models_is_called_serially():
