@@ -26,17 +26,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from host.errors import ConfigError
+from host.search.engine import DEFAULT_MAX_QUERIES
+from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
 from host.toml_file import read_toml
 
 #: Search algorithms a campaign may name (the engine may offer more; see ``known_algorithms``).
 DEFAULT_ALGORITHMS = ("dflare", "diffchaser", "random")
 
-#: Queries per seed when neither a query nor a time budget is given: the issue-5 acceptance figure
-#: (DFlare finds >= 90% of triggering inputs within 5,000 queries on the fixture models).
-DEFAULT_MAX_QUERIES = 5000
-
-#: Re-runs of every triggering input on both targets before it counts as reproduced (DESIGN.md §3).
-DEFAULT_RERUNS = 3
 
 #: Fields that do not change what a campaign computes, so resuming with other values is allowed:
 #: where files live (their contents are compared by digest), where output goes, credentials, and

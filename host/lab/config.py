@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from host.errors import ConfigError
+from host.targets.base import DEFAULT_CONNECT_TIMEOUT_S
 from host.toml_file import read_toml
 
 #: Devices worked on at once: one worker per device; a lab server with many boards still bounds
@@ -49,9 +50,6 @@ DEFAULT_MAX_PARALLEL_DEVICES = 4
 DEFAULT_RETRIES = 2
 #: First backoff in seconds: long enough for an agent restart or a USB re-enumeration.
 DEFAULT_BACKOFF_S = 2.0
-#: Seconds to wait for a device's agent to accept a connection (RemoteTarget's default): a phone
-#: waking up answers within it; a dead agent costs this much per connect attempt.
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
 #: A p50 latency this many times the baseline's is a regression (1.5: beyond run-to-run noise
 #: on phones with thermal throttling, yet catching a delegate silently falling back to CPU).
 DEFAULT_LATENCY_RATIO = 1.5

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from host.model_metadata import METADATA_FILE_IDENTIFIER, METADATA_NAME
+
 #: Compression recipes :func:`convert` knows (the fixture variants; ``float32`` is no compression).
 VARIANTS = ("float32", "dynamic", "int8", "float16")
 #: Input/output types a full-integer (``int8``) model may have at its boundary.
@@ -24,8 +26,6 @@ INT8_IO_TYPES = ("int8", "uint8", "float32")
 
 # TFLite metadata (tflite-support metadata_schema.fbs, schema version 1.1.0) ---------------------
 # Field ids are the declaration order in each table; a flatbuffers vtable slot is 4 + 2 * id.
-METADATA_NAME = "TFLITE_METADATA"
-METADATA_FILE_IDENTIFIER = b"M001"
 METADATA_MIN_PARSER_VERSION = "1.0.0"  # only 1.0.0 fields are used below
 _MODEL_METADATA = {"name": 0, "description": 1, "version": 2, "subgraph_metadata": 3,
                    "author": 4, "license": 5, "associated_files": 6, "min_parser_version": 7}

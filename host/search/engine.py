@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from host.errors import ConfigError, ModelError, SeedError
+from host.figures import QUERIES_PER_CANDIDATE as QUERIES_PER_IMAGE
 from host.memory import reuse_freed_buffers
 from host.search import deviation, mutations
 from host.search.results import SeedResult, SeedStatus
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Models queried per candidate image (the original and the compressed one).
-QUERIES_PER_IMAGE: int = 2
 #: Re-runs that must all disagree before a deviation is reported (catches non-deterministic delegates).
 VERIFY_RUNS: int = 3
 #: Seeds searched in lockstep at most. 256 amortizes per-call overhead (RPC, interpreter resize) well

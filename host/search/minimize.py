@@ -40,13 +40,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from host.figures import QUERIES_PER_CANDIDATE as QUERIES_PER_IMAGE
 from host.search import deviation, distances, mutations
 from host.search.bounds import UNBOUNDED, PerturbationBound
+from host.search.engine import VERIFY_RUNS
 from host.search.results import MutationStep
 from host.targets.base import Session
 
-#: Models queried per candidate (the original and the compressed one), as in the engine.
-QUERIES_PER_IMAGE: int = 2
 #: Minimization queries per input at most: ~1,000 candidates. Measured on the fixture models
 #: (digits28 float32 vs int8), the median L2 reduction was 35% at 1,000 queries and 78% at 2,000: the
 #: boundary walk gains most of it and speeds up as its steps go on. Below a search's 5,000 per seed.
@@ -73,8 +73,6 @@ PROBE_CELL_PX: int = 2
 BOUNDARY_LOWEST_ALPHA: float = 0.5
 #: Images per inference call: 64 images of 32x32x3 are 192 KiB, far below gRPC's 4 MiB message limit.
 MAX_BATCH_IMAGES: int = 64
-#: Re-runs that must all still trigger before the minimized input is reported (the engine's default).
-VERIFY_RUNS: int = 3
 
 
 class MinimizeExit(Enum):

@@ -18,6 +18,10 @@ import numpy as np
 from device_agent.runtime import Preprocessing, TensorSpec, parse_delegate
 from host.errors import ConfigError, ModelError
 
+#: Seconds to wait for a device's agent to accept a connection: an agent on loopback or a forwarded
+#: port answers in milliseconds; 10 s covers a phone waking up, and a dead agent costs this much per attempt.
+DEFAULT_CONNECT_TIMEOUT_S: float = 10.0
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -47,7 +47,7 @@ from host.errors import (
     TargetUnreachableError,
     WorkerCrashedError,
 )
-from host.targets.base import ModelSpec
+from host.targets.base import DEFAULT_CONNECT_TIMEOUT_S, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ PROTOCOL_MINOR = agent_pb2.PROTOCOL_VERSION_MINOR
 #: Environment variable holding the agent token when neither token nor token_file is given.
 TOKEN_ENV = "DFLARE_TOKEN"
 
-#: An agent on loopback or a forwarded port answers in milliseconds; 10 s covers a phone waking up.
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
 #: One batch of 256 images on a slow delegate stays well under a minute.
 DEFAULT_RPC_TIMEOUT_S = 60.0
 #: Uploading a model over adb and starting a worker (importing the runtime) on a slow phone.
