@@ -8,12 +8,12 @@ Both hold exactly the tested uint8 pixels: the PNG decodes to the same bytes, th
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
 from host.campaign.store import InputRecord, MinimizedRecord
+from host.files import atomic_write
 
 INPUTS_DIR = "inputs"
 
@@ -44,11 +44,11 @@ def write_input(out_dir: str | Path, record: InputRecord | MinimizedRecord, over
     png = folder / f"{record.stem}.png"
     npy = folder / f"{record.stem}.npy"
     if overwrite or not png.exists():
-        _atomic_write(png, png_bytes(record.image))
+        atomic_write(png, png_bytes(record.image))
     if overwrite or not npy.exists():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(record.image, dtype=np.uint8), allow_pickle=False)
-        _atomic_write(npy, buf.getvalue())
+        atomic_write(npy, buf.getvalue())
     return png, npy
 
 
@@ -56,11 +56,3 @@ def write_all(out_dir: str | Path, records: list[InputRecord] | list[MinimizedRe
     """Write every input's files that are missing (after an interrupted run); return the PNG paths."""
     return [write_input(out_dir, r, overwrite=False)[0] for r in records]
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

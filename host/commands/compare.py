@@ -27,6 +27,7 @@ from host.compare import (
 )
 from host.errors import ConfigError
 from host.exit_codes import ExitCode
+from host.files import atomic_write
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,7 +157,7 @@ def write_outputs(result: CompareResult, summary: dict[str, Any], out: Path) -> 
 
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_compare_html(summary, out / "compare.html")
     except OSError as exc:
         raise ConfigError(f"cannot write to --out {out}: {exc.strerror}") from None

@@ -18,6 +18,7 @@ from typing import Any
 
 from host.errors import ConfigError
 from host.exit_codes import ExitCode
+from host.files import atomic_write
 from host.lab.config import DEFAULT_LATENCY_MIN_DELTA_MS, DEFAULT_LATENCY_RATIO, LabConfig, load_lab_config
 
 #: Runs shown by ``lab report`` unless --last says otherwise.
@@ -78,8 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "combos": result.combos, "regressions": [r.to_dict() for r in regressions], "out": str(result.out),
         }
         result.out.mkdir(parents=True, exist_ok=True)
-        (result.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        (result.out / "junit.xml").write_text(junit_xml(history, result.run_id, regressions))
+        atomic_write(result.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write(result.out / "junit.xml", junit_xml(history, result.run_id, regressions))
     finally:
         history.close()
     if args.json:
@@ -152,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         trend = trends(history, lab, args.last)
         if args.junit:
             args.junit.parent.mkdir(parents=True, exist_ok=True)
-            args.junit.write_text(junit_xml(history, run["run_id"], regressions))
+            atomic_write(args.junit, junit_xml(history, run["run_id"], regressions))
     finally:
         history.close()
     report = {"lab": lab, "run_id": run["run_id"], "baseline": baseline["run_id"] if baseline else None,

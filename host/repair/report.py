@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from host.files import atomic_write
+
 REPORT_JSON = "repair_report.json"
 REPORT_MD = "repair_report.md"
 
@@ -22,8 +24,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     out_dir = Path(out_dir)
     files = {"json": str(out_dir / REPORT_JSON), "markdown": str(out_dir / REPORT_MD)}
     report = {**report, "files": files}
-    Path(files["markdown"]).write_text(markdown(report))
-    Path(files["json"]).write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write(files["markdown"], markdown(report))
+    atomic_write(files["json"], json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     return files
 
 

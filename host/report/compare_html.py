@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from host import __version__
+from host.files import atomic_write
 from host.report.jinja_env import environment
 
 #: Lightness (HSL %) of a cell with no disagreement; a full disagreement goes to _DARKEST_L.
@@ -47,5 +48,5 @@ def render_compare_html(summary: dict[str, Any], title: str = "dflare compare") 
 def write_compare_html(summary: dict[str, Any], path: str | Path) -> Path:
     """Write the page to ``path`` and return it."""
     path = Path(path)
-    path.write_text(render_compare_html(summary), encoding="utf-8")
+    atomic_write(path, render_compare_html(summary))
     return path

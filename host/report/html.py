@@ -11,7 +11,6 @@ and its distances), the two models' top-5 probabilities and the mutation trace.
 from __future__ import annotations
 
 import base64
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from host.campaign.artifacts import png_bytes
 from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
+from host.files import atomic_write
 from host.report import svg_charts
 from host.report.jinja_env import environment
 from host.search.deviation import top1_tied
@@ -204,7 +204,5 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
 def write_html(store: CampaignStore, summary: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` atomically; return its path."""
     path = Path(out_dir) / REPORT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(store, summary), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, render_html(store, summary))
     return path

@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
-import os
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from host.campaign.store import CampaignStore
 from host.figures import candidates
+from host.files import atomic_write
 from host.search.results import SeedStatus
 
 JUNIT_NAME = "junit.xml"
@@ -78,7 +79,7 @@ def write_junit(store: CampaignStore, out_dir: str | Path) -> Path:
     tree = build_junit(store)
     ET.indent(tree)
     path = Path(out_dir) / JUNIT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tree.write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    tree.write(buf, encoding="utf-8", xml_declaration=True)
+    atomic_write(path, buf.getvalue())
     return path

@@ -25,12 +25,12 @@ Minimization queries are never part of ``total_queries`` or the per-trigger figu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from host.campaign.store import CampaignStore, SeedRecord
 from host.figures import figures
+from host.files import atomic_write
 from host.report.analysis import analysis
 from host.search.results import SeedStatus
 
@@ -142,7 +142,5 @@ def write_summary(store: CampaignStore, out_dir: str | Path) -> tuple[Path, dict
     """Write ``out_dir/summary.json`` atomically; return its path and content."""
     summary = build_summary(store, out_dir)
     path = Path(out_dir) / SUMMARY_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(summary, indent=2) + "\n")
     return path, summary
