@@ -60,6 +60,9 @@ RESERVED_OPTION_PREFIX = "dflare."
 _STOP_TIMEOUT_S = 3.0
 #: How long to wait for a dead worker's exit status; the pipe closes as the process exits.
 _REAP_TIMEOUT_S = 2.0
+#: Longest wait for a slot held by a caller still copying its batch in; every change notifies, so
+#: this only bounds a wait that a missed notification would otherwise make endless.
+_SLOT_WAIT_S = 0.05
 
 _ERROR_KINDS: dict[str, type[Exception]] = {
     "model_format": runtime.ModelFormatError,
@@ -197,6 +200,9 @@ class Worker:
         self._conn: Connection | None = None
         self._process: subprocess.Popen | None = None
         self._send_lock = threading.Lock()
+        # Notified (under _send_lock) whenever a slot is freed or a batch is queued: a submitter
+        # finding no free slot and nothing queued waits here (see submit).
+        self._slots_changed = threading.Condition(self._send_lock)
         self._recv_lock = threading.Lock()
         self._pending: collections.deque[tuple[Future, int | None, str]] = collections.deque()
         self._slots: list[_Slot] = []
@@ -310,6 +316,12 @@ class Worker:
                 if self._free_slots:
                     index = self._free_slots.pop()
                     break
+                if not self._pending:
+                    # Every slot is held by a caller still copying its batch in (not queued yet) or
+                    # by a reply being read out (dequeued, not yet freed): no reply to wait for, so
+                    # wait for one of them to queue its batch or free its slot.
+                    self._slots_changed.wait(_SLOT_WAIT_S)
+                    continue
                 oldest = self._pending[0][0]
             self._drive(oldest)  # frees a slot, even one whose caller went away
         shape = tuple(int(d) for d in shape)
@@ -318,6 +330,7 @@ class Worker:
         except Exception:
             with self._send_lock:
                 self._free_slots.append(index)
+                self._slots_changed.notify_all()
             if self._dead_reason is not None:  # closed under us (a restart): its slots are gone
                 raise self._crash_error(f"writing a batch of shape {shape}") from None
             raise
@@ -367,8 +380,11 @@ class Worker:
                     return future
                 except (OSError, ValueError):
                     self._pending.pop()
+                finally:
+                    self._slots_changed.notify_all()
             if slot is not None:
                 self._free_slots.append(slot)
+                self._slots_changed.notify_all()
         if self._dead_reason is None:  # the send failed: the child is gone; collect its status
             self._on_child_exit()
         raise self._crash_error(what)
@@ -399,6 +415,7 @@ class Worker:
                     if slot is not None:
                         with self._send_lock:
                             self._free_slots.append(slot)
+                            self._slots_changed.notify_all()
 
     def _resolve(self, future: Future, slot: int | None, reply: tuple) -> None:
         kind = reply[0]
@@ -438,6 +455,7 @@ class Worker:
             pending = list(self._pending)
             self._pending.clear()
             self._free_slots = list(range(len(self._slots)))
+            self._slots_changed.notify_all()
         for future, _, what in pending:
             if not future.done():
                 future.set_exception(self._crash_error(what))
