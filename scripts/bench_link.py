@@ -66,13 +66,17 @@ FIXTURE_VARIANT = "int8"
 SUBNET_POOL = ipaddress.ip_network("10.254.0.0/16")
 #: Names of what a run creates; the pid makes them unique per process (interface names <= 15 chars).
 NAME_PREFIX = "dfl"
-#: tbf's bucket holds this much of the rate (ms), at least MIN_BURST_BYTES: tc-tbf(8) asks for at least
-#: rate / HZ, and a 64 KiB GSO packet larger than the bucket would be split by the qdisc first.
-BURST_MS = 10.0
-MIN_BURST_BYTES = 64 * 1024
-#: tbf's queue: packets waiting longer than this are dropped (tc-tbf(8) ``latency``); TCP's small
-#: queues keep a local sender's backlog far below it, so this only bounds a runaway queue.
-TBF_LATENCY_MS = 100
+#: tbf's bucket holds this much of the rate (ms), at least MIN_BURST_BYTES (two full 1514-byte frames and
+#: then some; tc-tbf(8) asks for at least rate / HZ and one MTU). A real USB or Wi-Fi link has no bucket:
+#: with a large one, a step's batch of small images (about 28 KB at 32x32x3) would pass at memory speed
+#: after each idle spell, so the bucket is kept small (measured here: 5.2 MB/s at 40 Mbit/s, 1.25 MB/s at
+#: 10 Mbit/s in bulk, as with a 64 KB bucket). tbf splits a larger GSO packet itself.
+BURST_MS = 1.0
+MIN_BURST_BYTES = 4096
+#: tbf's queue: packets waiting longer than this are dropped (tc-tbf(8) ``latency``). adb links push
+#: back rather than drop, so the queue is long: with 100 ms a bulk 8 MB transfer at 10 Mbit/s lost 74
+#: packets here, with 1000 ms none. Each row reports the qdiscs' drops.
+TBF_LATENCY_MS = 1000
 #: Importing numpy, grpc and the TFLite runtime on 2 busy cores can take several seconds.
 AGENT_STARTUP_TIMEOUT_S = 60.0
 #: SIGTERM lets in-flight calls finish (device_agent.server.SHUTDOWN_GRACE_S = 10 s), then SIGKILL.
@@ -262,6 +266,14 @@ class Link:
         stats = Path("/sys/class/net") / self.host_dev / "statistics"
         return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
 
+    def drops(self) -> int:
+        """Packets the two tbf qdiscs dropped so far (``tc -s qdisc show``), 0 without a limit."""
+        total = 0
+        for dev, netns in ((self.host_dev, None), (self.ns_dev, self.netns)):
+            text = _run("tc", "-s", "qdisc", "show", "dev", dev, netns=netns)
+            total += sum(int(n) for n in re.findall(r"dropped (\d+)", text))
+        return total
+
     def remove(self) -> None:
         """Delete the veth pair and the namespace (deleting either end of a veth deletes both)."""
         if "veth" in self.created:
@@ -399,11 +411,11 @@ def campaign(workload: Workload, compressed, max_queries: int, link: Link | None
 
     counting = CountingSession(compressed)
     engine = Engine(workload.original, counting, searcher_factory("dflare"), budget=max_queries, rng_seed=0)
-    before = link.counters() if link else None
+    before, drops_before = (link.counters(), link.drops()) if link else (None, 0)
     start = time.perf_counter()
     results = [e.result for e in engine.run(workload.seeds, indices=workload.indices) if e.result is not None]
     wall_s = time.perf_counter() - start
-    after = link.counters() if link else None
+    after, drops_after = (link.counters(), link.drops()) if link else (None, 0)
     searched = [r for r in results if r.status is not SeedStatus.skipped]
     return {"wall_s": wall_s, "seeds": len(searched), "skipped": len(results) - len(searched),
             "triggered": sum(r.status is SeedStatus.triggered for r in results),
@@ -412,6 +424,7 @@ def campaign(workload: Workload, compressed, max_queries: int, link: Link | None
             "payload_sent_bytes": counting.sent_bytes, "payload_received_bytes": counting.received_bytes,
             "wire_sent_bytes": after[0] - before[0] if link else None,
             "wire_received_bytes": after[1] - before[1] if link else None,
+            "tbf_drops": drops_after - drops_before if link else None,
             "infer_s": float(engine.statistics.get("infer_s", 0.0))}
 
 
@@ -477,8 +490,8 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 def table(rows: list[dict]) -> str:
     lines = ["| image | link | seeds | triggered | candidates | cand. / trigger | wall s | s / trigger | "
              "ms / candidate | ms / step | KB sent / cand. (payload, wire) | B recv / cand. (payload, wire) | "
-             "transfer share (wall, bytes/rate) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "images sent / cand. | transfer share (wall, bytes/rate) | tbf drops |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         same = "" if r["same_candidates_as_loopback"] else " (differs from loopback)"
         lines.append(
@@ -489,7 +502,8 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(r['payload_sent_per_candidate'], '.1f', 1e-3)}, "
             f"{_fmt(r['wire_sent_per_candidate'], '.1f', 1e-3)} | "
             f"{_fmt(r['payload_received_per_candidate'], '.0f')}, {_fmt(r['wire_received_per_candidate'], '.0f')} | "
-            f"{_fmt(r['transfer_share'], '.0%')}, {_fmt(r['wire_share'], '.0%')} |")
+            f"{_fmt(per(r['images_sent'], r['candidates']), '.2f')} | "
+            f"{_fmt(r['transfer_share'], '.0%')}, {_fmt(r['wire_share'], '.0%')} | {_fmt(r['tbf_drops'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -578,14 +592,14 @@ def main(argv: list[str] | None = None) -> int:
                     agent.stop()
             if link is not None:
                 link.remove()
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
     print()
     print(table(rows))
     for r in rows:
         if not r["same_candidates_as_loopback"]:
             print(f"Note: {r['size']} over {r['link']} consumed other candidates than loopback; compare with care.")
     print(f"\nLoad average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1))
     return 0
 
 

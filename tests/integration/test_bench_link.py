@@ -49,6 +49,7 @@ def test_tiny_run_prints_rows_with_bytes_and_removes_the_link(tmp_path, capsys):
     assert limited["wire_received_bytes"] >= limited["payload_received_bytes"] > 0
     assert loopback["wire_sent_bytes"] is None and loopback["transfer_share"] is None
     assert limited["transfer_share"] is not None and limited["wire_share"] > 0
+    assert limited["tbf_drops"] >= 0 and loopback["tbf_drops"] is None
     assert limited["same_candidates_as_loopback"]  # same seeds, budget and rng seed: the same search
     printed = capsys.readouterr().out
     assert "| 32x32x3 | 40 Mbit/s |" in printed and "load average" in printed.lower()

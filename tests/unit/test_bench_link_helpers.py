@@ -113,7 +113,7 @@ def test_finish_row_takes_the_median_round_and_derives_per_candidate_figures(ben
     def run(wall_s):
         return {"wall_s": wall_s, "seeds": 2, "skipped": 0, "triggered": 2, "candidates": 100.0, "steps": 10,
                 "images_sent": 150, "payload_sent_bytes": 150 * 3072, "payload_received_bytes": 150 * 40,
-                "wire_sent_bytes": 500_000, "wire_received_bytes": 20_000, "infer_s": 0.1}
+                "wire_sent_bytes": 500_000, "wire_received_bytes": 20_000, "tbf_drops": 0, "infer_s": 0.1}
 
     row = bench.finish_row(32, "10 Mbit/s", 10.0, [run(3.0), run(1.0), run(2.0)])
     assert row["wall_s"] == 2.0 and row["rounds_wall_s"] == [3.0, 1.0, 2.0]
