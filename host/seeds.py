@@ -1,4 +1,7 @@
-"""Seed images for a campaign: an .npz (``x`` uint8 NHWC, optional ``y``) or a folder of PNG/JPEG files."""
+"""Seed images: an .npz (``x`` uint8 NHWC, optional ``y``) or a folder of PNG/JPEG files.
+
+The one seed loader, used by campaigns, ``dflare compare``, the lab and repair.
+"""
 
 from __future__ import annotations
 
@@ -40,13 +43,14 @@ class SeedSet:
         return h.hexdigest()
 
 
-def load_seeds(path: str | Path, image_shape: tuple[int, int, int], resize: bool = False,
+def load_seeds(path: str | Path, image_shape: tuple[int, int, int] | None = None, resize: bool = False,
                limit: int | None = None) -> SeedSet:
     """Read seeds and check they fit the models' input.
 
     Args:
         path: an .npz file or a folder of images.
-        image_shape: the (H, W, C) both models take.
+        image_shape: the (H, W, C) the models take; None accepts any uint8 NHWC .npz (a folder needs it,
+            to know the channels and size to read the images at).
         resize: resize folder images of another size (else such an image is an error).
         limit: keep only the first ``limit`` seeds.
 
@@ -59,7 +63,12 @@ def load_seeds(path: str | Path, image_shape: tuple[int, int, int], resize: bool
     path = Path(path)
     if not path.exists():
         raise SeedError(f"seeds not found: {path} (give an .npz with x[,y] or a folder of PNG/JPEG images)")
-    seeds = _load_folder(path, image_shape, resize, limit) if path.is_dir() else _load_npz(path, image_shape)
+    if path.is_dir():
+        if image_shape is None:
+            raise SeedError(f"{path} is a folder of images; give the seeds as an .npz (x uint8 NHWC) here")
+        seeds = _load_folder(path, image_shape, resize, limit)
+    else:
+        seeds = _load_npz(path, image_shape)
     if limit is not None and len(seeds) > limit:
         y = None if seeds.y is None else seeds.y[:limit]
         seeds = SeedSet(seeds.x[:limit], y, seeds.names[:limit], seeds.source)
@@ -71,7 +80,7 @@ def _expected(image_shape: tuple[int, int, int]) -> str:
     return f"(N, {h}, {w}, {c}) uint8"
 
 
-def _load_npz(path: Path, image_shape: tuple[int, int, int]) -> SeedSet:
+def _load_npz(path: Path, image_shape: tuple[int, int, int] | None) -> SeedSet:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -84,9 +93,11 @@ def _load_npz(path: Path, image_shape: tuple[int, int, int]) -> SeedSet:
     if x.dtype != np.uint8:
         raise SeedError(f"{path}: x has dtype {x.dtype}, expected uint8 pixels 0..255 "
                         "(convert with np.clip(x * 255, 0, 255).round().astype(np.uint8) for 0..1 floats)")
-    if x.ndim == 3 and image_shape[2] == 1:
+    if x.ndim == 3 and (image_shape is None or image_shape[2] == 1):
         x = x[..., np.newaxis]  # grayscale NHW: add the channel axis
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
+    if image_shape is None and x.ndim != 4:
+        raise SeedError(f"{path}: x has shape {tuple(x.shape)}, expected (N, H, W, C) uint8 images")
+    if image_shape is not None and (x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape)):
         raise SeedError(f"{path}: x has shape {tuple(x.shape)}, the models expect {_expected(image_shape)}")
     if x.shape[0] == 0:
         raise SeedError(f"{path}: x holds no images")

@@ -2,7 +2,7 @@
 """Check ``dflare compare``'s latency figures against a direct timing of ``Interpreter.invoke``.
 
 For every delegate (cpu, xnnpack, ref) and batch size, in the same process and run:
-  * compare path: ``host.compare.measure_session`` on a ``local:`` session: the latency ``dflare
+  * compare path: ``host.targets.latency.measure_session`` on a ``local:`` session: the latency ``dflare
     compare`` reports (the session's own invoke timing), plus the host's wall clock around each
     call (preprocessing, quantization, output copies included);
   * direct: a separate ``Interpreter`` with the same op resolver, the input tensor set once, and
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_agent import runtime  # noqa: E402
-from host.compare import measure_session  # noqa: E402
 from host.targets import LocalTarget, ModelSpec  # noqa: E402
+from host.targets.latency import measure_session  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "tests/fixtures/models/digits32rgb-int8.tflite"
 DEFAULT_SEEDS = ROOT / "tests/fixtures/seeds/digits32rgb.npz"

@@ -227,7 +227,7 @@ def _split_target_specs(values: dict[str, Any]) -> None:
         text = values.get(uri_key)
         if not isinstance(text, str) or "," not in text:
             continue
-        from host.compare import parse_target_spec
+        from host.targets.spec import parse_target_spec
 
         spec = parse_target_spec(text)
         values[uri_key] = spec.uri

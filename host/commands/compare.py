@@ -16,18 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from host.compare import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MIN_RUNS,
-    DEFAULT_WARMUP_RUNS,
-    CompareResult,
-    load_seed_images,
-    parse_target_spec,
-    run_compare,
-)
+from host.compare.columns import CompareResult, run_compare
 from host.errors import ConfigError
 from host.exit_codes import ExitCode
 from host.files import atomic_write
+from host.seeds import load_seeds
+from host.targets.latency import DEFAULT_BATCH_SIZE, DEFAULT_MIN_RUNS, DEFAULT_WARMUP_RUNS
+from host.targets.spec import parse_target_spec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,13 +110,14 @@ def run(args: argparse.Namespace) -> int:
     original_target = parse_target_spec(args.original_target)
     model = _model_spec(args.model, args)
     original = _model_spec(args.original, args) if args.original else None
-    x, y = load_seed_images(args.seeds)
+    seed_set = load_seeds(args.seeds)
+    x, y = seed_set.x, seed_set.y
     if args.limit:
         x = x[: args.limit]
         y = None if y is None else y[: args.limit]
     hook = None
     if args.search:
-        from host.compare_search import PairSearch
+        from host.compare.search import PairSearch
 
         hook = PairSearch(x, y, algo=args.algo, max_queries=args.max_queries, timeout_s=args.timeout_s,
                           seed=args.seed, out=args.out / "search")
@@ -153,7 +149,7 @@ def build_summary(result: CompareResult, model: dict[str, Any], out: Path) -> di
 
 def write_outputs(result: CompareResult, summary: dict[str, Any], out: Path) -> None:
     """Write summary.json and compare.html into ``out``."""
-    from host.report.compare_html import write_compare_html
+    from host.compare.html import write_compare_html
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from host.compare import PairResult
+from host.compare.columns import PairResult
 from host.errors import ConfigError
 from host.figures import figures
 from host.search.results import SeedResult, SeedStatus
@@ -45,7 +45,7 @@ def summarize_search(results: list[SeedResult], seconds: float) -> dict[str, Any
 
 
 class PairSearch:
-    """A ``pair_hook`` for :func:`host.compare.run_compare` that searches between the two sessions.
+    """A ``pair_hook`` for :func:`host.compare.columns.run_compare` that searches between the two sessions.
 
     Args:
         seeds: uint8 NHWC seed images (the same the comparison ran on).

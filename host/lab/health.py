@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from host.compare import load_seed_images
 from host.errors import ConfigError, HealthCheckError
 from host.lab.config import HealthCheck
+from host.seeds import load_seeds
 from host.targets.base import ModelSpec, Target
 
 
 def _run(target: Target, health: HealthCheck) -> np.ndarray:
-    x, _ = load_seed_images(health.inputs)
+    x = load_seeds(health.inputs).x
     session = target.load(ModelSpec.from_path(health.model, delegate=health.delegate))
     try:
         return np.asarray(session.infer(x), dtype=np.float32)

@@ -14,7 +14,7 @@ Other devices carry on. Every finished combination is written to the history at 
 
 A combination runs the compressed model on the device with the delegate and the original model on
 the host (``local:``, ``reference_delegate``): top-1 deviations on the seeds themselves, latency per
-image on the device (``host.compare.measure_session``), then the search (``host.search.run``) when
+image on the device (``host.targets.latency.measure_session``), then the search (``host.search.run``) when
 the budget allows queries.
 """
 
@@ -35,17 +35,18 @@ from typing import Any, Callable
 import numpy as np
 
 from host import __version__
-from host.compare import load_seed_images, measure_session
 from host.errors import ConfigError, Error, HealthCheckError, TargetError
 from host.figures import figures
 from host.lab.config import DeviceConfig, LabConfig, ModelPair
 from host.lab.health import check_health
 from host.lab.history import History
+from host.seeds import load_seeds
 from host.targets.base import ModelSpec, Target
+from host.targets.latency import measure_session
 
 log = logging.getLogger(__name__)
 
-#: Untimed calls before the latency runs of a combination (see host.compare.DEFAULT_WARMUP_RUNS).
+#: Untimed calls before the latency runs of a combination (see host.targets.latency.DEFAULT_WARMUP_RUNS).
 WARMUP_RUNS = 2
 
 
@@ -192,7 +193,8 @@ class LabRunner:
         for pair in self.config.models:
             compressed = ModelSpec.from_path(pair.compressed)
             original = ModelSpec.from_path(pair.original)
-            x, y = load_seed_images(pair.seeds)
+            seed_set = load_seeds(pair.seeds)
+            x, y = seed_set.x, seed_set.y
             limit = self.config.budget.seeds
             if limit is not None:
                 x = x[:limit]

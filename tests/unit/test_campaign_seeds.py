@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from host.campaign.seeds import load_seeds
 from host.errors import SeedError
+from host.seeds import load_seeds
 
 SHAPE = (28, 28, 1)
 

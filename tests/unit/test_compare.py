@@ -10,17 +10,13 @@ import pytest
 
 from device_agent.runtime import ModelRunner, Preprocessing
 from host.cli import main
-from host.compare import (
-    LatencyStats,
-    TargetSpec,
-    compare_outputs,
-    measure_session,
-    parse_target_spec,
-    run_compare,
-)
+from host.compare.columns import compare_outputs, run_compare
+from host.compare.html import render_compare_html
 from host.errors import ConfigError, SeedError
-from host.report.compare_html import render_compare_html
+from host.seeds import load_seeds
 from host.targets import ModelSpec, open_target
+from host.targets.latency import LatencyStats, measure_session
+from host.targets.spec import TargetSpec, parse_target_spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 INT8 = FIXTURES / "models" / "digits28-int8.tflite"
@@ -208,10 +204,8 @@ def test_compare_needs_two_columns_and_valid_seeds(tmp_path):
     np.savez(bad, images=np.zeros((1, 28, 28, 1), np.uint8))
     assert main(["compare", "--model", str(INT8), "--seeds", str(bad), "--targets", "local:", "local:,delegate=ref",
                  "--out", str(tmp_path / "o")]) == 2
-    with pytest.raises(SeedError, match="no 'x' array"):
-        from host.compare import load_seed_images
-
-        load_seed_images(bad)
+    with pytest.raises(SeedError, match="no array 'x'"):
+        load_seeds(bad)
 
 
 def test_compare_search_saves_inputs_that_really_separate_the_pair(tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 from host.campaign.progress import LogProgress
 from host.campaign.runner import CampaignRunner
 from host.campaign.store import CampaignStore
-from host.compare_search import summarize_search
+from host.compare.search import summarize_search
 from host.figures import QUERIES_PER_CANDIDATE, figures
 from host.lab.history import SCHEMA_VERSION, History
 from host.search.results import SeedResult, SeedStatus
