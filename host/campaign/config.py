@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from host.errors import ConfigError
+from host.records import canonical_json
 from host.search.engine import DEFAULT_MAX_QUERIES
 from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
 from host.toml_file import read_toml
@@ -196,11 +196,6 @@ class CampaignConfig:
 
     def replace(self, **changes: Any) -> CampaignConfig:
         return dataclasses.replace(self, **changes)
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace, so equal values compare equal as text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -14,12 +14,13 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from host.campaign import artifacts
+from host import artifacts
 from host.campaign.config import CampaignConfig
-from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
+from host.records import InputRecord, MinimizedRecord
 from host.search.bounds import PerturbationBound
 from host.search.minimize import minimize
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 from host.targets.base import Session
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import IO, Protocol
 
-from host.campaign.store import SeedRecord
+from host.records import SeedRecord
 from host.search.results import SeedStatus
 
 

@@ -25,15 +25,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_agent.runtime import ModelFormatError, Preprocessing, check_tflite_bytes
-from host.campaign import artifacts
+from host import artifacts
 from host.campaign.config import CampaignConfig
 from host.campaign.minimizing import bound_of, minimize_pending
 from host.campaign.progress import ProgressReporter, default_progress
-from host.campaign.store import CampaignStore, RequestedSeed
 from host.errors import CampaignError, ModelError
+from host.records import RequestedSeed
 from host.report.writer import ReportPaths, write_reports
 from host.search.results import SeedResult, SeedStatus
 from host.seeds import SeedSet, load_seeds
+from host.store import CampaignStore
 from host.targets.base import ModelSpec, Session, Target
 
 log = logging.getLogger(__name__)

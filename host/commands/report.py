@@ -9,10 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
-from host.campaign.store import CampaignStore
 from host.exit_codes import ExitCode
 from host.report.summary import json_view
 from host.report.writer import write_reports
+from host.store import CampaignStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

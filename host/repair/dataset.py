@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from host.campaign.artifacts import png_bytes
+from host.artifacts import png_bytes
 from host.campaign.config import CampaignConfig
-from host.campaign.store import CampaignStore
 from host.errors import ConfigError, ModelError, RepairError, SeedError
 from host.figures import figures
 from host.search.results import SeedStatus
 from host.seeds import SeedSet, load_seeds
+from host.store import CampaignStore
 
 #: Source tags in the repair set (``source`` column of labels.csv and the npz).
 SOURCE_TRIGGER = "trigger"

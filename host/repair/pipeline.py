@@ -333,7 +333,7 @@ def _rerun(data: CampaignData, repaired: Path, out: Path, say: Callable[[str], N
 
 
 def _stored_outcomes(directory: Path) -> list:
-    from host.campaign.store import CampaignStore
+    from host.store import CampaignStore
 
     with CampaignStore.open_existing(directory) as store:
         return store.outcomes()

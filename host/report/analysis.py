@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord, SeedRecord
+from host.records import InputRecord, MinimizedRecord, SeedRecord
 from host.search.deviation import top1_tied
 from host.search.distances import distances
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 
 #: Bins of the distance histograms: enough to show a shape for tens to hundreds of inputs.
 HISTOGRAM_BINS = 12

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from host.campaign.artifacts import png_bytes
-from host.campaign.store import CampaignStore, InputRecord, MinimizedRecord
+from host.artifacts import png_bytes
 from host.files import atomic_write
+from host.records import InputRecord, MinimizedRecord
 from host.report import svg_charts
 from host.report.jinja_env import environment
 from host.search.deviation import top1_tied
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 
 REPORT_NAME = "report.html"
 TEMPLATE_NAME = "report.html.j2"

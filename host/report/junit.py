@@ -12,10 +12,10 @@ import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from host.campaign.store import CampaignStore
 from host.figures import candidates
 from host.files import atomic_write
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 
 JUNIT_NAME = "junit.xml"
 

@@ -28,11 +28,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from host.campaign.store import CampaignStore, SeedRecord
 from host.figures import figures
 from host.files import atomic_write
+from host.records import SeedRecord
 from host.report.analysis import analysis
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 
 SUMMARY_NAME = "summary.json"
 

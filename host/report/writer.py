@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host.campaign import artifacts
-from host.campaign.store import CampaignStore
+from host import artifacts
 from host.report.html import write_html
 from host.report.junit import write_junit
 from host.report.summary import write_summary
+from host.store import CampaignStore
 
 
 @dataclass(frozen=True)

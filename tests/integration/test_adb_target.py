@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from adb_shell.auth.keygen import keygen
 
-from host.campaign.store import CampaignStore
 from host.errors import AgentStartError
+from host.store import CampaignStore
 from tests.adbd_sim import AdbdSim, DeviceConfig
 from tests.agent_support import start_agent
 

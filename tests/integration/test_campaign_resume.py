@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from host.campaign.store import CampaignStore
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 from tests.campaign_support import model, seeds
 
 ROOT = Path(__file__).resolve().parents[2]

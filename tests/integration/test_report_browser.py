@@ -15,7 +15,7 @@ from PIL import Image
 from host.campaign.config import CampaignConfig
 from host.campaign.progress import LogProgress
 from host.campaign.runner import CampaignRunner
-from host.campaign.store import CampaignStore
+from host.store import CampaignStore
 from tests.campaign_support import model, noise_search, seeds
 from tests.chromium import find_chromium, render
 

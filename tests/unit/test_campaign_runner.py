@@ -15,10 +15,10 @@ from PIL import Image
 from host.campaign.config import CampaignConfig
 from host.campaign.progress import LogProgress, RichProgress, default_progress
 from host.campaign.runner import CampaignRunner, SearchJob, engine_search
-from host.campaign.store import CampaignStore
 from host.cli import main as dflare
 from host.errors import CampaignError, ModelError
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 from tests.campaign_support import model, noise_search, seeds
 
 N_SEEDS = 10

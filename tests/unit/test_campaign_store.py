@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from host.campaign.config import CampaignConfig
-from host.campaign.store import STORE_NAME, CampaignStore, RequestedSeed
 from host.errors import CampaignError
+from host.records import RequestedSeed
 from host.search.results import MutationStep, SeedResult, SeedStatus
+from host.store import STORE_NAME, CampaignStore
 
 DIGESTS = {"original": "a" * 64, "compressed": "b" * 64}
 SEEDS_DIGEST = "c" * 64

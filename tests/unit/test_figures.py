@@ -12,11 +12,11 @@ import pytest
 
 from host.campaign.progress import LogProgress
 from host.campaign.runner import CampaignRunner
-from host.campaign.store import CampaignStore
 from host.compare.search import summarize_search
 from host.figures import QUERIES_PER_CANDIDATE, figures
 from host.lab.history import SCHEMA_VERSION, History
 from host.search.results import SeedResult, SeedStatus
+from host.store import CampaignStore
 from tests.campaign_support import model, noise_search, seeds
 from tests.unit.test_campaign_runner import make_config
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from host.campaign.command import add_arguments, config_from_args
-from host.campaign.store import InputRecord
 from host.errors import ConfigError
+from host.records import InputRecord
 from host.report.analysis import flip_table, histogram, ties
 from host.search import SeedStatus, run
 from host.search.bounds import UNBOUNDED, PerturbationBound

@@ -17,12 +17,12 @@ from PIL import Image
 from host.campaign.config import CampaignConfig
 from host.campaign.progress import LogProgress
 from host.campaign.runner import CampaignRunner
-from host.campaign.store import CampaignStore
 from host.cli import main as dflare
 from host.errors import ConfigError, ModelError, RepairError, SeedError
 from host.repair import dataset
 from host.repair.recipe import detect_recipe, given_recipe
 from host.search.results import SeedStatus
+from host.store import CampaignStore
 from tests.campaign_support import MODELS, model, noise_search, seeds
 
 N_SEEDS = 16

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from host.campaign.store import InputRecord, MinimizedRecord
 from host.files import atomic_write
+from host.records import InputRecord, MinimizedRecord
 
 INPUTS_DIR = "inputs"
 

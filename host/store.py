@@ -18,14 +18,20 @@ import json
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from host.campaign.config import CampaignConfig, canonical_json
 from host.errors import CampaignError
+from host.records import (
+    CampaignIdentity,
+    InputRecord,
+    MinimizedRecord,
+    RequestedSeed,
+    SeedRecord,
+    canonical_json,
+)
 from host.search.results import MutationStep, SeedResult, SeedStatus
 
 #: Bumped when the tables change incompatibly; an older store is then refused with a clear message.
@@ -109,122 +115,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-@dataclass(frozen=True)
-class RequestedSeed:
-    """A seed the campaign was asked to handle (recorded before any search starts)."""
-
-    seed_index: int
-    label: int | None
-    name: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seed_index": self.seed_index, "label": self.label, "name": self.name}
-
-
-@dataclass(frozen=True)
-class SeedRecord:
-    """A finished seed's outcome."""
-
-    seed_index: int
-    status: SeedStatus
-    seed_label: int | None
-    queries: int
-    seconds: float
-    algo: str
-    exit_reason: str
-    label_original: int | None
-    label_compressed: int | None
-    extra: dict[str, Any]
-    run_id: int | None
-    finished_at: float
-
-    @property
-    def triggered(self) -> bool:
-        return self.status is SeedStatus.triggered
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seed_index": self.seed_index, "status": self.status.value, "seed_label": self.seed_label,
-            "queries": self.queries, "seconds": self.seconds, "algo": self.algo,
-            "exit_reason": self.exit_reason, "label_original": self.label_original,
-            "label_compressed": self.label_compressed, "extra": self.extra, "run_id": self.run_id,
-            "finished_at": self.finished_at,
-        }
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    """A deviating input (triggered, or flaky when it did not reproduce) with everything to report it."""
-
-    seed_index: int
-    n: int
-    status: SeedStatus
-    trace: list[MutationStep]
-    probs_original: np.ndarray
-    probs_compressed: np.ndarray
-    label_original: int
-    label_compressed: int
-    seed_label: int | None
-    queries: int
-    seconds: float
-    reproduced: int
-    image: np.ndarray = field(repr=False)
-    seed_image: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def stem(self) -> str:
-        """The artifact file name without extension: ``<seed>_<n>``."""
-        return f"{self.seed_index}_{self.n}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view; the image bytes are left out (they are the artifact files)."""
-        return {
-            "seed_index": self.seed_index, "n": self.n, "status": self.status.value,
-            "trace": [s.to_dict() for s in self.trace],
-            "probs_original": [float(v) for v in self.probs_original],
-            "probs_compressed": [float(v) for v in self.probs_compressed],
-            "label_original": self.label_original, "label_compressed": self.label_compressed,
-            "seed_label": self.seed_label, "queries": self.queries, "seconds": self.seconds,
-            "reproduced": self.reproduced, "shape": list(self.image.shape),
-            "png": f"inputs/{self.stem}.png", "npy": f"inputs/{self.stem}.npy",
-        }
-
-
-@dataclass(frozen=True)
-class MinimizedRecord:
-    """A triggering input shrunk toward its seed (``host.search.minimize``), re-verified on both targets.
-
-    ``info`` holds the kept trace steps, the distances ``before``/``after``, the phases and why it stopped.
-    """
-
-    seed_index: int
-    n: int  # the raw input it minimizes
-    probs_original: np.ndarray
-    probs_compressed: np.ndarray
-    label_original: int
-    label_compressed: int
-    queries: int  # minimization queries (apart from the search's)
-    verify_queries: int
-    reproduced: int
-    seconds: float
-    info: dict[str, Any]
-    image: np.ndarray = field(repr=False)
-
-    @property
-    def stem(self) -> str:
-        """The artifact file name without extension: ``<seed>_<n>_min``."""
-        return f"{self.seed_index}_{self.n}_min"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view; the image bytes are left out (they are the artifact files)."""
-        return {
-            "seed_index": self.seed_index, "n": self.n, "label_original": self.label_original,
-            "label_compressed": self.label_compressed, "queries": self.queries,
-            "verify_queries": self.verify_queries, "reproduced": self.reproduced, "seconds": self.seconds,
-            **self.info, "png": f"inputs/{self.stem}.png", "npy": f"inputs/{self.stem}.npy",
-        }
-
-
 class CampaignStore:
     """One campaign's SQLite store. Build it with :meth:`create_or_resume` or :meth:`open_existing`."""
 
@@ -238,7 +128,7 @@ class CampaignStore:
     def create_or_resume(
         cls,
         out_dir: str | Path,
-        config: CampaignConfig,
+        config: CampaignIdentity,
         model_digests: dict[str, str],
         seeds_digest: str,
         force_new: bool = False,
@@ -337,7 +227,7 @@ class CampaignStore:
             diffs.append(f"the seed set changed (sha256 {_short(old_seeds)} -> {_short(wanted['seeds_sha256'])})")
         return diffs
 
-    def _initialize(self, config: CampaignConfig, wanted: dict[str, Any]) -> None:
+    def _initialize(self, config: CampaignIdentity, wanted: dict[str, Any]) -> None:
         from host import __version__
 
         with self._transaction():
