@@ -1,7 +1,7 @@
 """Install ``dflare-agent`` as a hardened systemd service on a Linux board (Raspberry Pi, Jetson...).
 
 Run on the board itself (``sudo dflare deploy linux``), after ``pip install`` (docs/raspberry-pi.md):
-it writes a fresh random token to a root-only file, renders ``scripts/dflare-agent.service`` with
+it writes a fresh random token to a root-only file, renders ``dflare-agent.service`` (package data) with
 this installation's ``dflare-agent`` path, and enables the service. The unit runs the agent as a
 ``DynamicUser`` that receives the token through ``LoadCredential`` and can write only its cache.
 ``--root DIR`` stages the files under DIR instead (for images, and for tests); nothing is started.
@@ -15,13 +15,17 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from host.errors import ConfigError, DeployError
 
-#: The template shipped with the project (scripts/) and installed next to the package.
-UNIT_TEMPLATE = Path(__file__).resolve().parents[2] / "scripts" / "dflare-agent.service"
 UNIT_NAME = "dflare-agent.service"
+#: The unit template, shipped inside the package (so a wheel installed on a board has it too).
+UNIT_TEMPLATE: Traversable = resources.files("host.deploy") / UNIT_NAME
+#: The board guide, linked from the unit's Documentation= when this is a source checkout that has it.
+_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "raspberry-pi.md"
 DEFAULT_TOKEN_FILE = "/etc/dflare-agent/token"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 #: The agent's default port (DESIGN.md: ``dflare-agent serve --port 50051``).
@@ -58,7 +62,7 @@ def find_agent_executable() -> str:
 
 def render_unit(agent: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                 token_file: str = DEFAULT_TOKEN_FILE, extra_args: tuple[str, ...] = (),
-                template: Path = UNIT_TEMPLATE) -> str:
+                template: Traversable | Path = UNIT_TEMPLATE) -> str:
     """Fill the unit template.
 
     Raises:
@@ -72,10 +76,13 @@ def render_unit(agent: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     extra = "".join(f" {a}" for a in extra_args)
     if any(c in extra for c in "\n%$"):
         raise ConfigError(f"extra agent arguments may not contain newlines, % or $: {extra_args!r}")
-    text = template.read_text()
+    text = template.read_text(encoding="utf-8")
+    if _GUIDE.is_file():
+        text = text.replace("@@DOCS@@", str(_GUIDE))
+    else:  # installed from a wheel: no local copy of the guide to point at
+        text = "".join(line for line in text.splitlines(keepends=True) if "@@DOCS@@" not in line)
     for key, value in (("@@AGENT@@", agent), ("@@HOST@@", host), ("@@PORT@@", str(port)),
-                       ("@@TOKEN_FILE@@", token_file), ("@@EXTRA_ARGS@@", extra),
-                       ("@@DOCS@@", str(Path(__file__).resolve().parents[2] / "docs" / "raspberry-pi.md"))):
+                       ("@@TOKEN_FILE@@", token_file), ("@@EXTRA_ARGS@@", extra)):
         text = text.replace(key, value)
     return text
 
