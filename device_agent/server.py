@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import queue
 import tempfile
@@ -37,6 +38,7 @@ from device_agent import __version__, device_info, runtime
 from device_agent._gen import agent_pb2, agent_pb2_grpc
 from device_agent.cache import DEFAULT_CAPACITY_BYTES, ModelCache
 from device_agent.errors import (
+    AgentError,
     AgentShuttingDownError,
     InvalidRequestError,
     LimitExceededError,
@@ -59,16 +61,49 @@ DEFAULT_MAX_MESSAGE_BYTES = 128 << 20
 #: Default cap on one input batch's bytes (Tensor.data); below the message cap to leave room for
 #: the envelope, and the size of each worker's shared-memory slot.
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
-#: gRPC handler threads. Each InferStream holds one for its lifetime; 16 serve several hosts and
-#: streams at once while staying cheap on a phone.
-DEFAULT_HANDLER_THREADS = 16
+#: InferStreams open at once; each holds a handler thread for its lifetime. 16 serve several hosts
+#: (a search keeps one or two per model) while staying cheap on a phone. One more is refused with
+#: RESOURCE_EXHAUSTED rather than queued behind the others.
+DEFAULT_MAX_STREAMS = 16
+#: Unary Infer calls running at once; each holds a handler thread until its batch is answered.
+DEFAULT_MAX_INFER_CALLS = 16
+#: Handler threads kept beyond the inference limits for health, GetDeviceInfo, PutModel, LoadModel
+#: and UnloadModel, so inference (a hung model, idle streams) can never starve them.
+CONTROL_THREADS = 8
+#: An InferStream that sends no request for this long is ended (DEADLINE_EXCEEDED), freeing its
+#: thread: a search sends its next batch within milliseconds of the last answer.
+DEFAULT_STREAM_IDLE_TIMEOUT_S = 60.0
 #: Seconds in-flight calls get to finish after SIGTERM before they are cancelled: longer than one
 #: large batch on a slow delegate, short enough for a lab's service manager.
 SHUTDOWN_GRACE_S = 10.0
+#: After the grace period gRPC cancels every call; a call gRPC core never completes (seen after a
+#: request it could not decode) must not hold the shutdown past this much longer.
+SHUTDOWN_MARGIN_S = 5.0
+#: Longest status message sent: gRPC carries it in a header, and an echoed 100 KB field would make
+#: the reply fail with an unrelated RESOURCE_EXHAUSTED (metadata size) instead.
+MAX_STATUS_MESSAGE_CHARS = 1000
+#: Longest client-supplied value quoted in a message (ids, names); longer ones are elided.
+MAX_QUOTED_CHARS = 80
+#: Longest session id accepted; the agent makes 16-character ids.
+MAX_SESSION_ID_CHARS = 64
+#: Longest model name (LoadModel.name) accepted: it is only a label for logs and messages.
+MAX_MODEL_NAME_CHARS = 256
+#: Interpreter threads allowed per CPU of the device: more only adds contention, and an absurd
+#: count (a million) would make the worker spawn thousands of threads.
+MAX_THREADS_PER_CPU = 4
+#: Most mean/std values a LoadModel may carry; real models have 1 to 4 channels.
+MAX_PREPROCESSING_VALUES = 64
+#: Longest wait for gRPC to finish a stream it ended itself (see _await_grpc_status).
+_STATUS_WAIT_S = 5.0
 #: How often a stream's request pump checks whether the stream ended while its queue is full.
 _PUMP_POLL_S = 0.1
 #: Metadata key carrying "Bearer <token>".
 AUTH_METADATA_KEY = "authorization"
+
+
+class StreamIdleError(AgentError):
+    """An InferStream sent nothing for the idle timeout (maps to DEADLINE_EXCEEDED)."""
+
 
 #: Exception -> gRPC status code, first match wins (subclasses before their bases).
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -80,6 +115,7 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (runtime.DelegateUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (WorkerCrashedError, grpc.StatusCode.ABORTED),
     (AgentShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (StreamIdleError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 _DTYPE_BY_ENUM = {
@@ -95,13 +131,26 @@ _DTYPE_BY_ENUM = {
 _ENUM_BY_DTYPE = {name: value for value, name in _DTYPE_BY_ENUM.items()}
 
 
+def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` if at most ``limit`` characters, else its head and tail around a count of what was cut."""
+    if len(text) <= limit:
+        return text
+    keep = max(2, limit - 30) // 2
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters cut)...{text[-keep:]}"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Map an exception to (status code, message) through :data:`STATUS_BY_ERROR`."""
+    """Map an exception to (status code, message) through :data:`STATUS_BY_ERROR`.
+
+    The message is capped at :data:`MAX_STATUS_MESSAGE_CHARS`, so a huge field echoed back can
+    never turn the reply into an unrelated metadata error.
+    """
     for error_type, code in STATUS_BY_ERROR:
         if isinstance(exc, error_type):
-            return code, str(exc)
+            return code, shorten(str(exc), MAX_STATUS_MESSAGE_CHARS)
     log.error("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal agent error ({type(exc).__name__}: {exc}); see the agent's log"
+    message = f"internal agent error ({type(exc).__name__}: {exc}); see the agent's log"
+    return grpc.StatusCode.INTERNAL, shorten(message, MAX_STATUS_MESSAGE_CHARS)
 
 
 @contextlib.contextmanager
@@ -131,14 +180,26 @@ class AgentConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     max_sessions: int = DEFAULT_MAX_SESSIONS
-    handler_threads: int = DEFAULT_HANDLER_THREADS
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_infer_calls: int = DEFAULT_MAX_INFER_CALLS
+    stream_idle_timeout_s: float = DEFAULT_STREAM_IDLE_TIMEOUT_S
     worker_cpus: tuple[int, ...] = ()
+
+    @property
+    def handler_threads(self) -> int:
+        """gRPC handler threads: every admitted inference call at once, plus :data:`CONTROL_THREADS`."""
+        return self.max_streams + self.max_infer_calls + CONTROL_THREADS
 
     def __post_init__(self) -> None:
         if self.max_batch_bytes > self.max_message_bytes:
             raise ValueError(
                 f"max batch bytes ({self.max_batch_bytes}) cannot exceed max message bytes ({self.max_message_bytes})"
             )
+        if self.max_streams < 1 or self.max_infer_calls < 1:
+            raise ValueError(f"max streams ({self.max_streams}) and max Infer calls ({self.max_infer_calls}) "
+                             "must be at least 1")
+        if self.stream_idle_timeout_s <= 0:
+            raise ValueError(f"stream idle timeout must be positive, got {self.stream_idle_timeout_s} s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its private key (--tls-cert and --tls-key)")
         if not is_loopback(self.host) and not self.token:
@@ -200,6 +261,41 @@ def _denying_handler(handler: grpc.RpcMethodHandler | None, message: str) -> grp
     return grpc.unary_stream_rpc_method_handler(deny)
 
 
+class _Admission:
+    """Counts inference calls in progress and refuses one beyond its limit (RESOURCE_EXHAUSTED).
+
+    Refusing instead of queueing keeps handler threads free for control calls: a queued call
+    would wait for a thread that a hung model or an idle stream may hold for a long time.
+    """
+
+    def __init__(self, what: str, limit: int, flag: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.flag = flag
+        self._active = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one place for the ``with`` block.
+
+        Raises:
+            LimitExceededError: ``limit`` calls are already in progress.
+        """
+        with self._lock:
+            if self._active >= self.limit:
+                raise LimitExceededError(
+                    f"{self.limit} {self.what} are in progress, this agent's limit ({self.flag}); "
+                    "retry when one has finished"
+                )
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     """The Agent service: protobuf in, calls on the session manager and cache, protobuf out."""
 
@@ -211,6 +307,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self._runtime = runtime.load_runtime()
         # Probing for delegate libraries runs ldconfig/gcc (tens of ms): do it once, not per call.
         self._delegates = runtime.available_delegates(config.allowed_delegates)
+        self._streams = _Admission("InferStreams", config.max_streams, "max_streams")
+        self._infer_calls = _Admission("unary Infer calls", config.max_infer_calls, "max_infer_calls")
 
     def GetDeviceInfo(self, request, context):  # noqa: N802 - gRPC method name
         with _status_from_errors(context):
@@ -252,6 +350,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def LoadModel(self, request, context):  # noqa: N802
         with _status_from_errors(context):
+            check_load_request(request, self._static_info["cpu_count"])
             session = self.sessions.load(LoadRequest(
                 sha256=request.sha256,
                 delegate=request.delegate,
@@ -262,6 +361,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 name=request.name,
             ))
             result = session.result
+            try:
+                check_preprocessing_fits(request.preprocessing, result.input_spec)
+            except InvalidRequestError:
+                self.sessions.unload(session.id)
+                raise
             return agent_pb2.LoadModelResponse(
                 session_id=session.id,
                 input=_spec_message(result.input_spec),
@@ -273,7 +377,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             )
 
     def Infer(self, request, context):  # noqa: N802
-        with _status_from_errors(context):
+        with _status_from_errors(context), self._infer_calls.admit():
             start_ns = time.perf_counter_ns()
             return _response(request.request_id, self._submit(request).result(), start_ns)
 
@@ -281,18 +385,28 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """Keep up to the worker's slot count of batches in flight, answering in request order.
 
         A pump thread reads requests and queues them on the worker while this generator waits for
-        the oldest result, so reading, copying and the interpreter overlap.
+        the oldest result, so reading, copying and the interpreter overlap. At most
+        ``max_streams`` are open at once; one that sends nothing for ``stream_idle_timeout_s``
+        ends with DEADLINE_EXCEEDED.
         """
-        with _status_from_errors(context):
+        with _status_from_errors(context), self._streams.admit():
             pending: queue.Queue = queue.Queue(maxsize=IN_FLIGHT_SLOTS)
             stopped = threading.Event()
             pump = threading.Thread(target=self._pump, args=(request_iterator, pending, stopped),
                                     name="infer-stream-pump", daemon=True)
             pump.start()
+            idle_s = self.config.stream_idle_timeout_s
             try:
                 while True:
-                    item = pending.get()
+                    try:
+                        item = pending.get(timeout=idle_s)
+                    except queue.Empty:
+                        raise StreamIdleError(
+                            f"InferStream sent no request for {idle_s:g} s, the agent's idle limit: it was closed "
+                            "to free its thread; open a new stream when there is work"
+                        ) from None
                     if item is None:
+                        _await_grpc_status(context)
                         return
                     if isinstance(item, BaseException):
                         raise item
@@ -334,12 +448,93 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidRequestError(
                 f"input dtype {name} is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)"
             )
+        check_session_id(request.session_id)
         return self.sessions.submit(request.session_id, tensor.shape, dtype, tensor.data)
 
     def UnloadModel(self, request, context):  # noqa: N802
         with _status_from_errors(context):
+            check_session_id(request.session_id)
             self.sessions.unload(request.session_id)
             return agent_pb2.UnloadModelResponse()
+
+
+def check_session_id(session_id: str) -> None:
+    """Refuse an id longer than any the agent makes, quoting only its head and tail.
+
+    Raises:
+        NotFoundError: the id is longer than :data:`MAX_SESSION_ID_CHARS`.
+    """
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise NotFoundError(
+            f"unknown session {shorten(session_id)!r}: {len(session_id)} characters, but session ids are at most "
+            f"{MAX_SESSION_ID_CHARS}; use the session_id LoadModel returned"
+        )
+
+
+def check_load_request(request: agent_pb2.LoadModelRequest, cpu_count: int) -> None:
+    """Check LoadModel's threads, preprocessing values and name before a worker starts.
+
+    Args:
+        request: the LoadModel request.
+        cpu_count: the device's CPUs (GetDeviceInfo's ``cpu_count``); bounds ``threads``.
+
+    Raises:
+        InvalidRequestError: threads above :data:`MAX_THREADS_PER_CPU` per CPU; a mean or std
+            that is NaN or infinite; a zero std; too many values; a name too long.
+    """
+    max_threads = MAX_THREADS_PER_CPU * max(1, cpu_count)
+    if request.threads > max_threads:
+        raise InvalidRequestError(
+            f"threads={request.threads} is more than this device can use: at most {max_threads} "
+            f"({MAX_THREADS_PER_CPU} per CPU, {cpu_count} CPUs); 0 picks the runtime's default"
+        )
+    for field_name in ("mean", "std"):
+        values = list(getattr(request.preprocessing, field_name))
+        if len(values) > MAX_PREPROCESSING_VALUES:
+            raise InvalidRequestError(
+                f"preprocessing {field_name} has {len(values)} values; send one, or one per input channel"
+            )
+        if not all(math.isfinite(v) for v in values):
+            raise InvalidRequestError(f"preprocessing {field_name} must be finite numbers, got {values}")
+    if any(v == 0 for v in request.preprocessing.std):
+        raise InvalidRequestError(
+            f"preprocessing std must be non-zero (it divides each pixel), got {list(request.preprocessing.std)}"
+        )
+    if len(request.name) > MAX_MODEL_NAME_CHARS:
+        raise InvalidRequestError(
+            f"model name is {len(request.name)} characters, more than {MAX_MODEL_NAME_CHARS}: "
+            f"{shorten(request.name)!r}; it is only a label, send a shorter one"
+        )
+
+
+def check_preprocessing_fits(preprocessing: agent_pb2.Preprocessing, input_spec: runtime.TensorSpec) -> None:
+    """Check that mean and std each have one value or one per channel of the model's input.
+
+    Raises:
+        InvalidRequestError: another count.
+    """
+    channels = int(input_spec.shape[-1]) if input_spec.shape else 1
+    for field_name in ("mean", "std"):
+        count = len(getattr(preprocessing, field_name))
+        if count not in (0, 1, channels):
+            raise InvalidRequestError(
+                f"preprocessing {field_name} has {count} values but the model's input has {channels} channels "
+                f"(shape {tuple(input_spec.shape)}); send one value or {channels}"
+            )
+
+
+def _await_grpc_status(context: grpc.ServicerContext) -> None:
+    """When gRPC itself ended a stream (a request it could not decode), wait until its status is sent.
+
+    Returning from the handler makes gRPC send a second status; racing the first, that one can
+    be left incomplete in gRPC core, and the server's shutdown would then wait for it forever.
+    Once the call has terminated, the second status is dropped harmlessly.
+    """
+    if context.is_active():
+        return
+    terminated = threading.Event()
+    if context.add_callback(terminated.set):
+        terminated.wait(_STATUS_WAIT_S)
 
 
 def _spec_message(spec: runtime.TensorSpec) -> agent_pb2.TensorSpec:
@@ -366,9 +561,15 @@ class Agent:
     health: health.HealthServicer
 
     def stop(self, grace_s: float | None = SHUTDOWN_GRACE_S) -> None:
-        """Stop taking calls, let in-flight ones finish for up to ``grace_s``, then stop the workers."""
+        """Stop taking calls, let in-flight ones finish for up to ``grace_s``, then stop the workers.
+
+        Bounded: after ``grace_s`` plus :data:`SHUTDOWN_MARGIN_S` the workers are stopped even if
+        gRPC still reports a call in progress.
+        """
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        bound_s = (grace_s or 0.0) + SHUTDOWN_MARGIN_S
+        if not self.server.stop(grace_s).wait(bound_s):
+            log.warning("gRPC did not finish every call within %.0f s of the shutdown; stopping anyway", bound_s)
         self.servicer.sessions.close()
 
 
@@ -379,6 +580,7 @@ def create_server(config: AgentConfig) -> Agent:
         RuntimeError: the address cannot be bound.
     """
     cache_dir = config.cache_dir or default_cache_dir()
+    _quiet_grpc_decode_errors()
     cache = ModelCache(cache_dir, config.cache_max_bytes)
     sessions = SessionManager(cache, config.max_batch_bytes, config.max_sessions, config.allowed_delegates,
                               worker_cpus=config.worker_cpus)
@@ -410,6 +612,31 @@ def create_server(config: AgentConfig) -> Agent:
              config.host, port, PROTOCOL_MAJOR, PROTOCOL_MINOR, cache_dir, "on" if config.token else "off",
              "on" if config.tls_cert else "off")
     return Agent(server, port, servicer, health_servicer)
+
+
+class _OneLineErrors(logging.Filter):
+    """Turns a gRPC log record's traceback into one line: a client's undecodable message is its
+    mistake, not the agent's, and a fuzzing client would otherwise fill the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {shorten(str(exc), 200)})"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"  # the client's fault
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+#: gRPC's logger reporting requests it could not decode ("Exception deserializing message!").
+_GRPC_DECODE_LOGGER = "grpc._common"
+
+
+def _quiet_grpc_decode_errors() -> None:
+    logger = logging.getLogger(_GRPC_DECODE_LOGGER)
+    if not any(isinstance(f, _OneLineErrors) for f in logger.filters):
+        logger.addFilter(_OneLineErrors())
 
 
 def default_cache_dir() -> str:

@@ -6,6 +6,7 @@ signals and files; time bounds are liveness checks with generous margins, never 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -115,3 +116,132 @@ def test_eight_unary_clients_get_no_errors(agent: AgentProcess) -> None:
             channel.close()
     assert errors == []
     assert calls > CLIENTS
+
+
+# -- 2. nothing inference does may starve health and control calls ---------------------------------
+def _health(agent: AgentProcess, timeout_s: float = 10.0) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{agent.port}") as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        return response.status
+
+
+def _device_info(agent: AgentProcess, timeout_s: float = 10.0) -> agent_pb2.DeviceInfo:
+    channel, stub, metadata = _stub(agent)
+    with channel:
+        return stub.GetDeviceInfo(agent_pb2.GetDeviceInfoRequest(), timeout=timeout_s, metadata=metadata)
+
+
+class _IdleStream:
+    """An InferStream whose client never sends: it holds one of the agent's stream places."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self.channel, stub, metadata = _stub(agent)
+        self._release = threading.Event()
+        self.call = stub.InferStream(self._requests(), timeout=RPC_TIMEOUT_S, metadata=metadata)
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _requests(self):
+        self._release.wait(RPC_TIMEOUT_S)
+        return
+        yield  # a generator that sends nothing
+
+    def _read(self) -> None:
+        try:
+            for _ in self.call:
+                pass
+            self.code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            self.code, self.details = error.code(), error.details()
+
+    def ended(self, timeout_s: float) -> bool:
+        self._reader.join(timeout_s)
+        return not self._reader.is_alive()
+
+    def close(self) -> None:
+        self._release.set()
+        self.call.cancel()
+        self._reader.join(10)
+        self.channel.close()
+
+
+def test_seventeen_idle_streams_leave_health_and_control_calls_answering(agent: AgentProcess) -> None:
+    """One stream beyond the cap (16) is refused with RESOURCE_EXHAUSTED; health, info and Infer still answer."""
+    from grpc_health.v1 import health_pb2
+
+    session_id = _load(agent)
+    streams = [_IdleStream(agent) for _ in range(17)]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s.code is not None for s in streams):
+            time.sleep(0.05)
+        ended = [s for s in streams if s.code is not None]
+        assert len(ended) == 1, [(s.code, s.details) for s in ended]
+        assert ended[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "16 InferStreams are in progress" in ended[0].details
+        assert _health(agent) == health_pb2.HealthCheckResponse.SERVING
+        assert _device_info(agent).sessions >= 1
+        channel, stub, metadata = _stub(agent)
+        with channel:
+            response = stub.Infer(_infer_request(session_id, _images(2)), timeout=10, metadata=metadata)
+        assert len(response.outputs) == 1
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_an_idle_stream_is_closed_after_the_idle_timeout(tmp_path: Path) -> None:
+    """A stream that sends nothing ends with DEADLINE_EXCEEDED and frees its place for a new one."""
+    from device_agent.server import run_server
+
+    with run_server(0, cache_dir=str(tmp_path / "cache"), stream_idle_timeout_s=1.0, max_streams=1) as port:
+        agent = AgentProcess(f"grpc://127.0.0.1:{port}", None, None, port, None, tmp_path, tmp_path)  # type: ignore[arg-type]
+        first = _IdleStream(agent)
+        try:
+            assert first.ended(30), "the idle stream was never closed"
+            assert first.code == grpc.StatusCode.DEADLINE_EXCEEDED, first.details
+            assert "no request for 1 s" in first.details
+        finally:
+            first.close()
+        second = _IdleStream(agent)  # the place was released: admitted, then idles out too
+        try:
+            assert second.ended(30)
+            assert second.code == grpc.StatusCode.DEADLINE_EXCEEDED, second.details
+        finally:
+            second.close()
+
+
+# -- 5. bounded shutdown ---------------------------------------------------------------------------
+#: Trials of "undecodable first stream message, then SIGTERM"; before the fix about 1 in 4 hung.
+SHUTDOWN_TRIALS = 10
+
+
+def test_sigterm_completes_after_an_undecodable_stream_message(tmp_path: Path) -> None:
+    """An InferStream whose first message cannot be decoded never keeps SIGTERM from finishing."""
+    from tests.agent_support import start_agent
+
+    for trial in range(SHUTDOWN_TRIALS):
+        with start_agent(tmp_path / f"agent{trial}") as agent:
+            channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+            raw = channel.stream_stream("/dflare.agent.v1.Agent/InferStream")  # bytes in, bytes out
+            metadata = (("authorization", f"Bearer {agent.token}"),)
+            with pytest.raises(grpc.RpcError) as error:
+                for _ in raw(iter([b"\xff\xff\xff\xff not a protobuf"]), timeout=RPC_TIMEOUT_S, metadata=metadata):
+                    pass
+            assert error.value.code() == grpc.StatusCode.INTERNAL
+            agent.process.terminate()  # with the client's connection still open, as a lab host keeps it
+            try:
+                code = agent.process.wait(30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"trial {trial}: SIGTERM did not stop the agent within 30 s:\n{agent.log()}")
+            finally:
+                channel.close()
+            assert code == 0, agent.log()
+            log = agent.log()
+            assert "Traceback" not in log
+            assert log.count("Exception deserializing message!") == 1
+            assert "stopping anyway" not in log  # gRPC finished the call: the shutdown bound was not needed
