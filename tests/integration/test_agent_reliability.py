@@ -245,3 +245,70 @@ def test_sigterm_completes_after_an_undecodable_stream_message(tmp_path: Path) -
             assert "Traceback" not in log
             assert log.count("Exception deserializing message!") == 1
             assert "stopping anyway" not in log  # gRPC finished the call: the shutdown bound was not needed
+
+
+# -- 3 and 8. LoadModel fields and huge ids are refused up front, with short messages -------------
+def _sha256() -> str:
+    import hashlib
+
+    return hashlib.sha256(MODEL.read_bytes()).hexdigest()
+
+
+def _load_status(agent: AgentProcess, **fields) -> tuple[grpc.StatusCode, str]:
+    channel, stub, metadata = _stub(agent)
+    with channel, pytest.raises(grpc.RpcError) as error:
+        stub.LoadModel(agent_pb2.LoadModelRequest(sha256=_sha256(), **fields), timeout=RPC_TIMEOUT_S,
+                       metadata=metadata)
+    return error.value.code(), error.value.details()
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"threads": 1_000_000}, "threads=1000000 is more than this device can use"),
+    ({"preprocessing": agent_pb2.Preprocessing(std=[0.0])}, "std must be non-zero"),
+    ({"preprocessing": agent_pb2.Preprocessing(mean=[float("nan")])}, "mean must be finite numbers"),
+    ({"preprocessing": agent_pb2.Preprocessing(std=[float("inf")])}, "std must be finite numbers"),
+    ({"preprocessing": agent_pb2.Preprocessing(mean=[1.0, 2.0])}, "mean has 2 values but the model's input has 1"),
+    ({"name": "n" * 100_000}, "model name is 100000 characters"),
+])
+def test_bad_load_fields_are_invalid_argument_at_load(agent: AgentProcess, fields: dict, expected: str) -> None:
+    _load(agent)  # the model is stored
+    sessions_before = _device_info(agent).sessions
+    code, details = _load_status(agent, **fields)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert expected in details
+    assert len(details) < 1000
+    assert _device_info(agent).sessions == sessions_before  # no worker left behind
+
+
+def test_threads_limit_follows_the_cpu_count(agent: AgentProcess) -> None:
+    from device_agent.server import MAX_THREADS_PER_CPU
+
+    limit = MAX_THREADS_PER_CPU * _device_info(agent).cpu_count
+    code, details = _load_status(agent, threads=limit + 1)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"at most {limit}" in details
+    channel, stub, metadata = _stub(agent)
+    with channel:
+        response = stub.LoadModel(agent_pb2.LoadModelRequest(sha256=_sha256(), threads=limit), timeout=RPC_TIMEOUT_S,
+                                  metadata=metadata)
+        stub.UnloadModel(agent_pb2.UnloadModelRequest(session_id=response.session_id), timeout=RPC_TIMEOUT_S,
+                         metadata=metadata)
+
+
+@pytest.mark.parametrize("call", ["Infer", "UnloadModel", "LoadModel"])
+def test_a_huge_id_gets_its_own_status_with_a_short_message(agent: AgentProcess, call: str) -> None:
+    """A 100 KB id is refused for what it is (not a metadata-size RESOURCE_EXHAUSTED), and not echoed whole."""
+    huge = "a" * 100_000
+    channel, stub, metadata = _stub(agent)
+    requests = {
+        "Infer": lambda: stub.Infer(_infer_request(huge, _images(1)), timeout=RPC_TIMEOUT_S, metadata=metadata),
+        "UnloadModel": lambda: stub.UnloadModel(agent_pb2.UnloadModelRequest(session_id=huge), timeout=RPC_TIMEOUT_S,
+                                                metadata=metadata),
+        "LoadModel": lambda: stub.LoadModel(agent_pb2.LoadModelRequest(sha256=huge), timeout=RPC_TIMEOUT_S,
+                                            metadata=metadata),
+    }
+    with channel, pytest.raises(grpc.RpcError) as error:
+        requests[call]()
+    expected = grpc.StatusCode.INVALID_ARGUMENT if call == "LoadModel" else grpc.StatusCode.NOT_FOUND
+    assert error.value.code() == expected, error.value.details()
+    assert len(error.value.details()) < 1000
+    assert "characters cut" in error.value.details()
