@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 
+from device_agent.bundled_runtime import bundled_runtime
+
 #: Android properties reported by GetDeviceInfo: enough to tell devices and builds apart.
 ANDROID_PROPERTIES = (
     "ro.product.manufacturer",
@@ -31,6 +33,11 @@ _GETPROP_TIMEOUT_S = 2.0
 def static_info() -> dict:
     """Return what does not change while the agent runs (machine, OS, properties)."""
     properties = _android_properties() or _os_release()
+    runtime = bundled_runtime()
+    if runtime is not None:  # the self-contained Android runtime: say what it is and what it cannot load
+        properties["dflare.runtime"] = str(runtime.get("kind", "self-contained runtime"))
+        properties["dflare.unavailable_delegates"] = (", ".join(runtime.get("unavailable_delegates", ()))
+                                                      + ", vendor NPU delegates (they need Android's own libraries)")
     abis = [abi for abi in properties.get("ro.product.cpu.abilist", "").split(",") if abi]
     return {
         "machine": platform.machine(),

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from device_agent.bundled_runtime import bundled_runtime, is_android_library, unavailable_reason
+
 #: Delegate names accepted by :func:`parse_delegate` (``external:`` takes a path after the colon).
 DELEGATE_NAMES = ("cpu", "xnnpack", "ref", "gpu", "nnapi", "external")
 
@@ -294,8 +296,14 @@ def _find_library(names: Sequence[str]) -> str | None:
 
 
 def available_delegates(allowed_external: Sequence[str] = ()) -> list[str]:
-    """Return the delegates usable here: always cpu/xnnpack/ref, plus gpu/nnapi/external when found."""
+    """Return the delegates usable here: always cpu/xnnpack/ref, plus gpu/nnapi/external when found.
+
+    In the self-contained Android runtime gpu and nnapi are never listed (they cannot load there:
+    :mod:`device_agent.bundled_runtime`), nor are allowed external paths inside Android's partitions.
+    """
     names = ["cpu", "xnnpack", "ref"]
+    if bundled_runtime() is not None:
+        return names + [f"external:{p}" for p in allowed_external if not is_android_library(p)]
     if _find_library(_GPU_DELEGATE_LIBS):
         names.append("gpu")
     if _find_library(_NNAPI_DELEGATE_LIBS):
@@ -419,8 +427,10 @@ class ModelRunner:
             try:
                 loaded = module.load_delegate(library, options)
             except (ValueError, OSError, RuntimeError) as exc:
+                hint = ("; this is dflare's self-contained glibc runtime: a delegate built for Android's bionic libc "
+                        "cannot load here (docs/android.md)") if bundled_runtime() is not None else ""
                 raise DelegateUnavailableError(
-                    f"delegate {self.delegate} failed to load from {library}: {exc}"
+                    f"delegate {self.delegate} failed to load from {library}: {exc}{hint}"
                 ) from None
             kwargs["experimental_delegates"] = [loaded]
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -431,6 +441,9 @@ class ModelRunner:
 
     def _delegate_library(self, allowed_external: Sequence[str]) -> str:
         kind = self.delegate.kind
+        if bundled_runtime() is not None and (kind in ("gpu", "nnapi") or (
+                kind == "external" and is_android_library(self.delegate.path))):
+            raise DelegateUnavailableError(unavailable_reason(str(self.delegate)))
         if kind == "external":
             path = os.path.realpath(self.delegate.path)
             allowed = {os.path.realpath(p) for p in allowed_external}

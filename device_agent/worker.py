@@ -2,10 +2,11 @@
 
 Each loaded session owns one :class:`Worker`: a child process holding one
 :class:`~device_agent.runtime.ModelRunner`. The agent talks to it over a pipe carrying small
-control messages; image batches and outputs travel through shared-memory slots (a file in
-/dev/shm mapped by both processes), so a batch is copied once into the slot and read in place by
-the interpreter. A worker has :data:`IN_FLIGHT_SLOTS` slots: while it runs one batch the agent
-can already copy the next ones in, which is what lets ``InferStream`` keep the interpreter busy.
+control messages; image batches and outputs travel through shared-memory slots (an anonymous
+``memfd_create`` region, or a file in /dev/shm, mapped by both processes: :mod:`device_agent.shm`),
+so a batch is copied once into the slot and read in place by the interpreter. A worker has
+:data:`IN_FLIGHT_SLOTS` slots: while it runs one batch the agent can already copy the next ones in,
+which is what lets ``InferStream`` keep the interpreter busy.
 
 When the child dies (SIGSEGV, SIGABRT from a broken delegate or model), every request it held
 fails with :class:`~device_agent.errors.WorkerCrashedError` naming the signal and what it was
@@ -28,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from device_agent import runtime
+from device_agent import launch, runtime, shm
 from device_agent.errors import InvalidRequestError, WorkerCrashedError
 
 log = logging.getLogger(__name__)
@@ -111,30 +111,32 @@ class InferResult:
     run_latency_us: int
 
 
-def _shm_dir() -> str | None:
-    """A RAM-backed directory for the slots when there is one (Linux /dev/shm), else the temp dir."""
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        return "/dev/shm"
-    return None
-
-
 class _Slot:
     """One shared-memory region: input batch at offset 0, outputs after ``input_bytes``."""
 
     def __init__(self, input_bytes: int, output_bytes: int) -> None:
         self.input_bytes = input_bytes
         self.size = input_bytes + output_bytes
-        fd, self.path = tempfile.mkstemp(prefix="dflare-slot-", dir=_shm_dir())
+        # path is None for a memfd region: its fd goes to the worker over the socket (see load()).
+        self.fd, self.path = shm.create_region(self.size)
         try:
-            os.ftruncate(fd, self.size)  # sparse: pages are used only when a batch touches them
-            self.map = mmap.mmap(fd, self.size)
-        finally:
-            os.close(fd)
+            self.map = mmap.mmap(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.view = memoryview(self.map)
 
+    def release_fd(self) -> None:
+        """Close our descriptor once the worker holds its own mapping (the region lives on in both)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self.release_fd()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     def close(self) -> None:
         self.unlink()
@@ -221,7 +223,8 @@ class Worker:
         and never re-imports the agent's ``__main__``.
         """
         parent_sock, child_sock = socket.socketpair()
-        command = [sys.executable, "-m", "device_agent.worker", str(child_sock.fileno())]
+        # launch.python_command(): sys.executable, or the loader-prefixed command of the Android runtime.
+        command = [*launch.python_command(), "-m", "device_agent.worker", str(child_sock.fileno())]
         if self.cpus:
             command.append(",".join(map(str, self.cpus)))
         try:
@@ -259,7 +262,9 @@ class Worker:
         output_bytes = max_images * sum(int(np.prod(s.shape[1:])) for s in result.output_specs) * 4
         slots = [_Slot(self.max_batch_bytes, output_bytes) for _ in range(IN_FLIGHT_SLOTS)]
         try:
-            self._call(("attach", [(s.path, s.size, s.input_bytes) for s in slots]), "mapping shared memory").result()
+            fds = [s.fd for s in slots if s.path is None]
+            self._call(("attach", [(s.path, s.size, s.input_bytes) for s in slots], len(fds)), "mapping shared memory",
+                       fds=fds).result()
         finally:
             for slot in slots:
                 slot.unlink()  # both processes hold mappings now; the name is no longer needed
@@ -370,13 +375,15 @@ class Worker:
         """Run one batch and wait for it (see :meth:`submit`)."""
         return self.submit(data, shape, dtype).result()
 
-    def _call(self, message: tuple, what: str, slot: int | None = None) -> Future:
+    def _call(self, message: tuple, what: str, slot: int | None = None, fds: Sequence[int] = ()) -> Future:
         future = _WorkerFuture(self)
         with self._send_lock:
             if self._dead_reason is None:
                 self._pending.append((future, slot, what))
                 try:
                     self._conn.send(message)
+                    if fds:  # right behind the message, under the same lock: the child reads them next
+                        shm.send_fds(self._conn, list(fds))
                     return future
                 except (OSError, ValueError):
                     self._pending.pop()
@@ -494,7 +501,9 @@ def _child_main(conn: Connection) -> None:
         if op == "stop":
             return
         try:
-            reply = state.handle(op, message[1:])
+            if op == "attach" and len(message) > 2 and message[2]:
+                state.fds = shm.receive_fds(conn, message[2])
+            reply = state.handle(op, message[1:2] if op == "attach" else message[1:])
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the agent, typed
             reply = ("error", _error_kind(exc), str(exc))
         conn.send(reply)
@@ -525,6 +534,7 @@ class _ChildState:
         self.fault = ""
         self.maps: list[mmap.mmap] = []
         self.input_bytes: list[int] = []
+        self.fds: list[int] = []  # memfd regions received with "attach", in slot order
 
     def handle(self, op: str, args: tuple) -> Any:
         if op == "load":
@@ -555,7 +565,7 @@ class _ChildState:
 
     def _attach(self, slots: list[tuple[str, int, int]]) -> None:
         for path, size, input_bytes in slots:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR) if path is not None else self.fds.pop(0)
             try:
                 self.maps.append(mmap.mmap(fd, size))
             finally:

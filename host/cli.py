@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "report": "rebuild a campaign's report.html, summary.json, junit.xml and inputs/ from its store",
     "compare": "run one model on several targets/delegates and compare them pairwise",
     "deploy": "deploy the agent to a phone (adb) or a Linux board (systemd)",
+    "bundle": "build the self-contained agent runtime for stock Android phones",
     "repair": "fine-tune the original model on a campaign's triggering inputs and re-compress it",
     "lab": "nightly runs over a lab of devices; trends and regressions",
 }

@@ -36,6 +36,18 @@ holds only ``ROOT/system/bin``: toybox-like links to this machine's tools, a ``g
 from ``DeviceConfig.props``, a ``df`` reporting ``DeviceConfig.free_bytes``, and ``python3`` (this
 machine's interpreter) only when ``DeviceConfig.python`` is set.
 
+**Android-like arm64 mode** (``DeviceConfig.emulation``): the shell runs *inside* the sandbox, as on a
+phone. ``proot -r ROOT -q qemu-aarch64-static`` gives every shell command a root that holds only
+``/system/bin`` (an aarch64 static busybox standing in for toybox, plus the ``getprop``/``df``
+scripts), ``/data`` (what was pushed), ``/sys/class/thermal`` and, bound from this machine, ``/proc``
+(with a fake arm64 ``/proc/cpuinfo``) and the ``/dev/null``/``zero``/``random``/``urandom`` nodes:
+no ``/lib``, ``/usr``, ``/etc/passwd``, ``/tmp`` or ``/dev/shm``, and ``PATH=/system/bin`` with no
+``HOME``, ``TMPDIR`` or locale. Every aarch64 program, including one the agent starts itself, runs
+under qemu-user: proot catches each ``execve`` (qemu-user alone cannot, without binfmt_misc, which is
+machine-wide and needs privileges). proot adds two entries of its own, ``/host-rootfs`` (this machine,
+for qemu) and ``/etc/ld.so.preload`` (bound to /dev/null); nothing on a standard path. Device paths
+need no translation in this mode.
+
 Every message in both directions is recorded in :attr:`AdbdSim.transcript`; an
 :class:`ExchangeScript` lets a test state the exchanges it expects and check that every one was
 consumed, as adb_shell's own tests do with their fake transport.
@@ -105,7 +117,7 @@ TOYBOX_TOOLS = (
     "sh", "cat", "ls", "mkdir", "rm", "rmdir", "chmod", "echo", "printf", "kill", "sleep", "tail",
     "head", "uname", "id", "grep", "sed", "env", "test", "[", "true", "false", "ps", "mv", "cp", "ln",
     "stat", "cut", "tr", "wc", "nohup", "setsid", "touch", "date", "sort", "dirname", "basename",
-    "readlink", "xargs", "find", "expr", "sha256sum", "timeout", "nproc", "seq", "tee",
+    "readlink", "xargs", "find", "expr", "sha256sum", "timeout", "nproc", "seq", "tee", "tar", "gzip", "pwd",
 )
 #: How long a stream writer waits for the host's OKAY before giving up on the connection.
 WRITE_ACK_TIMEOUT_S = 30.0
@@ -130,6 +142,35 @@ def default_props() -> dict[str, str]:
 
 
 @dataclass
+class Arm64Emulation:
+    """How the Android-like arm64 mode runs (see the module docstring); the tools must be installed.
+
+    Attributes:
+        busybox: an aarch64 static busybox, copied to ``/system/bin`` as the device's toybox.
+        qemu: the qemu-user binary for aarch64.
+        cpu: the CPU qemu emulates (Cortex-A76: the ISA of recent phones' big cores and the Pi 5).
+        proot: the proot binary.
+    """
+
+    busybox: Path
+    qemu: str = "qemu-aarch64-static"
+    cpu: str = "cortex-a76"
+    proot: str = "proot"
+
+
+#: A plausible /proc/cpuinfo of an arm64 phone; ai-edge-litert crashes reading this machine's x86 one.
+ARM64_CPUINFO = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 52.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
+    "asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: "
+    "0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n" for i in range(2))
+#: Printed with the exit status after each command in the arm64 mode: proot lives on while any process it
+#: traces does (the agent a command started), so the end of its output cannot mark the command's end.
+EXIT_SENTINEL = b"__ADBD_SIM_EXIT="
+#: Environment variable marking every process of one simulated device (so stop() finds setsid'd ones).
+DEVICE_MARKER_ENV = "ADBD_SIM_DEVICE"
+
+
+@dataclass
 class DeviceConfig:
     """What the simulated device looks like; tests change one field at a time.
 
@@ -144,6 +185,7 @@ class DeviceConfig:
         free_bytes: space ``df`` reports and ``sync:`` enforces under ``/data``.
         thermal_zones: ``{type: millidegrees C}`` written under ``/sys/class/thermal``.
         maxdata: the maxdata announced in CNXN.
+        emulation: run the shell in the Android-like arm64 environment (``python`` must then be None).
     """
 
     serial: str = "SIM0001"
@@ -155,6 +197,7 @@ class DeviceConfig:
     free_bytes: int = 8 * 1024**3
     thermal_zones: dict[str, int] = field(default_factory=lambda: {"cpu-big": 41000, "battery": 30500})
     maxdata: int = DEVICE_MAXDATA_BYTES
+    emulation: Arm64Emulation | None = None
 
 
 @dataclass(frozen=True)
@@ -269,7 +312,21 @@ class Sandbox:
     def _build(self) -> None:
         for sub in ("data/local/tmp", "sdcard", "system/bin", "vendor", "sys/class/thermal"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for tool in TOYBOX_TOOLS:
+        emulation = self.config.emulation
+        if emulation is not None:
+            if self.config.python:
+                raise ValueError("the arm64 emulation has no device Python: set DeviceConfig.python=None")
+            busybox = self.bin_dir / "busybox"
+            shutil.copyfile(emulation.busybox, busybox)
+            busybox.chmod(0o755)
+            for tool in TOYBOX_TOOLS:
+                link = self.bin_dir / tool
+                if not link.is_symlink():
+                    link.symlink_to("busybox")
+            self.cpuinfo_path.write_text(ARM64_CPUINFO)
+            # Debian's busybox has no nohup applet (Android's toybox does): the same in sh.
+            self._write_script("nohup", "trap '' HUP\nexec \"$@\"\n")
+        for tool in TOYBOX_TOOLS if emulation is None else ():
             target = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
             link = self.bin_dir / tool
             if target and not link.exists():
@@ -280,7 +337,7 @@ class Sandbox:
             'echo "Filesystem 1K-blocks Used Available Use% Mounted on"\n'
             f'echo "/dev/block/dm-48 {free_kb * 2} {free_kb} {free_kb} 50% /data"\n'))
         python_link = self.bin_dir / "python3"
-        if self.config.python:
+        if self.config.python and emulation is None:
             self._write_script("python3", f'exec "{self.config.python}" "$@"\n')
         elif python_link.exists() or python_link.is_symlink():
             python_link.unlink()
@@ -303,7 +360,8 @@ class Sandbox:
         path = self.bin_dir / name
         if path.is_symlink():
             path.unlink()
-        path.write_text("#!/bin/sh\n" + body)
+        shell = "/system/bin/sh" if self.config.emulation is not None else "/bin/sh"
+        path.write_text(f"#!{shell}\n" + body)
         path.chmod(0o755)
 
     def host_path(self, device_path: str) -> Path:
@@ -311,13 +369,42 @@ class Sandbox:
         clean = os.path.normpath("/" + device_path.lstrip("/"))
         return self.root / clean.lstrip("/")
 
+    @property
+    def cpuinfo_path(self) -> Path:
+        """The fake /proc/cpuinfo of the arm64 mode (outside the root: the device cannot see the file itself)."""
+        return self.root.parent / f"{self.root.name}.cpuinfo"
+
     def translate_command(self, command: str) -> str:
+        if self.config.emulation is not None:
+            return command  # the shell runs inside the root: device paths are real paths there
         return _PATH_RE.sub(lambda m: str(self.root) + m.group(1), command)
 
     def untranslate_output(self, data: bytes) -> bytes:
+        if self.config.emulation is not None:
+            return data
         return data.replace(str(self.root).encode(), b"")
 
+    def shell_argv(self, command: str) -> list[str]:
+        """The host command running one device shell command (``/bin/sh -c``, or inside the arm64 root)."""
+        emulation = self.config.emulation
+        if emulation is None:
+            return ["/bin/sh", "-c", self.translate_command(command)]
+        binds = ["/proc", f"{self.cpuinfo_path}:/proc/cpuinfo", "/dev/null", "/dev/zero", "/dev/random",
+                 "/dev/urandom"]
+        # Absolute paths: the device's PATH (/system/bin) is what Popen would search.
+        proot, qemu = (shutil.which(t) or t for t in (emulation.proot, emulation.qemu))
+        return [proot, "-r", str(self.root), "-q", f"{qemu} -cpu {emulation.cpu}",
+                *(a for b in binds for a in ("-b", b)), "-w", "/data/local/tmp",
+                "/system/bin/sh", "-c", f'/system/bin/sh -c "$1"; echo "{EXIT_SENTINEL.decode()}$?"', "sh", command]
+
+    def shell_cwd(self) -> Path:
+        return self.root / "data/local/tmp"
+
     def env(self) -> dict[str, str]:
+        if self.config.emulation is not None:
+            # What an adb shell on a phone has that matters here; no HOME, TMPDIR or LANG.
+            return {"PATH": "/system/bin", "ANDROID_DATA": "/data", "ANDROID_ROOT": "/system",
+                    DEVICE_MARKER_ENV: str(self.root)}
         return {
             "PATH": str(self.bin_dir),
             "HOME": str(self.root / "data/local/tmp"),
@@ -430,12 +517,15 @@ class _ShellStream(_Stream):
         self._v2_in = bytearray()
         sandbox = conn.sim.sandbox
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", sandbox.translate_command(command or "exit 0")],
+            sandbox.shell_argv(command or "exit 0"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
-            cwd=sandbox.root / "data/local/tmp", env=sandbox.env(), start_new_session=True,
+            cwd=sandbox.shell_cwd(), env=sandbox.env(), start_new_session=True,
         )
         conn.sim.processes.append(self.proc)
+        # arm64 mode: the command's end is the sentinel line (see EXIT_SENTINEL), not the pipe closing.
+        self._sentinel = EXIT_SENTINEL if sandbox.config.emulation is not None else None
+        self._exit_code: int | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._pump, daemon=True, name="adbd-sim-shell").start()
@@ -447,21 +537,42 @@ class _ShellStream(_Stream):
                                             daemon=True))
         for r in readers:
             r.start()
-        for r in readers:
-            r.join()
-        code = self.proc.wait()
+        readers[0].join()
+        for r in readers[1:]:
+            r.join(None if self._sentinel is None else 0.5)  # proot may keep stderr open for a daemon
+        code = self._exit_code if self._exit_code is not None else self.proc.wait()
         if self.v2 and not self.closed.is_set():
             self.send(SHELL_HEADER.pack(SHELL_ID_EXIT, 1) + bytes([code & 0xFF]))
         self.close()
 
     def _pump_one(self, pipe, shell_id: int) -> None:
         untranslate = self.conn.sim.sandbox.untranslate_output
+        sentinel = self._sentinel if shell_id == SHELL_ID_STDOUT else None
+        held = b""  # arm64 mode: output that may be the start of the sentinel
         while True:
             chunk = os.read(pipe.fileno(), 64 * 1024)
             if not chunk or self.closed.is_set():
+                if held:
+                    self._emit(shell_id, held)
                 return
-            chunk = untranslate(chunk)
-            self.send(SHELL_HEADER.pack(shell_id, len(chunk)) + chunk if self.v2 else chunk)
+            if sentinel is None:
+                self._emit(shell_id, untranslate(chunk))
+                continue
+            held += chunk
+            at = held.find(sentinel)
+            if at >= 0 and b"\n" in held[at:]:
+                status = held[at + len(sentinel):].split(b"\n", 1)[0]
+                self._emit(shell_id, held[:at])
+                self._exit_code = int(status) if status.strip().isdigit() else 255
+                return
+            if at < 0:  # send all but a tail that could be the sentinel's beginning
+                keep = max(0, len(held) - len(sentinel))
+                self._emit(shell_id, held[:keep])
+                held = held[keep:]
+
+    def _emit(self, shell_id: int, data: bytes) -> None:
+        if data:
+            self.send(SHELL_HEADER.pack(shell_id, len(data)) + data if self.v2 else data)
 
     def on_data(self, data: bytes) -> None:
         if not self.v2:
@@ -492,7 +603,8 @@ class _ShellStream(_Stream):
 
     def on_closed(self) -> None:
         # adbd kills the subprocess when its stream goes away; a setsid'd child escapes, as on a device.
-        if self.proc.poll() is None:
+        # In the arm64 mode a finished command leaves proot tracing what it started: leave it be.
+        if self.proc.poll() is None and self._exit_code is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, 9)
         self._close_stdin()
@@ -822,6 +934,19 @@ class _Connection:
         stream.start()
 
 
+def _pids_with_env(name: str, value: str) -> list[str]:
+    """Processes whose environment has ``name=value`` (the arm64 mode's device processes run under qemu,
+    whose command lines do not name the sandbox)."""
+    needle = f"{name}={value}".encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(os.getpid()):
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read():
+                    found.append(entry)
+    return found
+
+
 class AdbdSim:
     """A simulated adbd listening on 127.0.0.1; use as a context manager.
 
@@ -902,6 +1027,7 @@ class AdbdSim:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
         pids = subprocess.run(["pgrep", "-f", str(self.sandbox.root)], capture_output=True, text=True).stdout.split()
+        pids += _pids_with_env(DEVICE_MARKER_ENV, str(self.sandbox.root))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.kill(int(pid), 9)

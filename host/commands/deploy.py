@@ -18,6 +18,7 @@ from host.deploy.adb import (
     DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_DEVICE_DIR,
     DEFAULT_START_TIMEOUT_S,
+    RUNTIME_MODES,
     AdbDeployment,
     AdbDeployOptions,
     DeviceAddress,
@@ -35,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a = sub.add_parser("adb", help="deploy over adb (USB or network), forward a host port, keep it up until Ctrl-C",
                        description=(
                            "Checks the device (ABI, Android version, Python, free space), pushes the agent "
-                           "zipapp and a fresh token, starts `dflare-agent serve` on the device loopback, forwards "
-                           "a host port to it over adb (no adb binary needed) and waits for its health check. The "
-                           "device needs a Python 3.10+ the adb shell can run with numpy, grpcio and a TFLite "
-                           f"runtime for its ABI ({', '.join(pip for _, pip in NATIVE_REQUIREMENTS)}): the zipapp "
-                           "carries everything else."))
+                           "and a fresh token, starts `dflare-agent serve` on the device loopback, forwards "
+                           "a host port to it over adb (no adb binary needed) and waits for its health check. On a "
+                           "stock arm64 phone the agent comes with its own runtime (loader, libc, Python, wheels: "
+                           "`dflare bundle build`), pushed once and reused while unchanged; cpu, xnnpack and ref run "
+                           "there, gpu/nnapi need a device Python (docs/android.md). With --python, the device's "
+                           "Python 3.10+ needs numpy, grpcio and a TFLite runtime for its ABI "
+                           f"({', '.join(pip for _, pip in NATIVE_REQUIREMENTS)}): the zipapp carries the rest."))
     where = a.add_mutually_exclusive_group(required=True)
     where.add_argument("--serial", help="USB device serial (needs the usb extra: pip install 'dflare-edge[usb]')")
     where.add_argument("--host", metavar="HOST:PORT", help="network adb (adb tcpip / Wireless debugging)")
@@ -49,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--device-port", type=int, help="agent port on the device loopback (default: random)")
     a.add_argument("--local-port", type=int, default=0, help="host port to forward from (default: a free one)")
     a.add_argument("--bundle", type=Path, help="a zipapp from `dflare deploy build` (default: built now)")
+    a.add_argument("--runtime", choices=RUNTIME_MODES, default="auto",
+                   help="auto (default): a device Python with the native modules when the shell finds one, else "
+                        "(arm64 phones) the self-contained runtime; runtime: always that; python: the device's")
+    a.add_argument("--runtime-bundle", type=Path, help="a runtime from `dflare bundle build` (default: built or "
+                                                       "taken from the cache now)")
+    a.add_argument("--cache-dir", type=Path, help="where runtimes are built and cached")
     a.add_argument("--key", type=Path, help="adb private key (default: ~/.android/adbkey, created when missing)")
     a.add_argument("--auth-timeout-s", type=float, default=DEFAULT_AUTH_TIMEOUT_S,
                    help="time to accept the 'Allow USB debugging' prompt")
@@ -85,7 +94,8 @@ def _run_adb(args: argparse.Namespace) -> int:
     options = AdbDeployOptions(device_dir=args.device_dir, python=args.python, device_port=args.device_port,
                                local_port=args.local_port, bundle=args.bundle, key_path=args.key,
                                auth_timeout_s=args.auth_timeout_s, start_timeout_s=args.start_timeout_s,
-                               purge=args.purge)
+                               purge=args.purge, runtime=args.runtime, runtime_bundle=args.runtime_bundle,
+                               cache_dir=args.cache_dir)
     deployment = AdbDeployment(address, options)
     info = deployment.initialize()
     try:

@@ -13,6 +13,14 @@ One adb connection is live at a time: the stages use adb-shell's ``AdbDevice`` (
 which is then closed, and the forwarder (:mod:`host.deploy.adb_forward`) opens its own connection.
 That is what a USB device allows, and the forwarder reconnects by itself when the link drops.
 
+On a stock ``arm64-v8a`` phone (no Python) the push is the self-contained runtime
+(:mod:`host.deploy.runtime_bundle`: its own loader, libc, CPython and wheels), unpacked into
+``DEVICE_DIR/runtime``. It is pushed only when the device's copy differs (its marker file holds the
+tarball's sha256), and replaced whole: the tarball goes to ``runtime.staging``, is checked and
+unpacked there, the marker is written last, then the directory is renamed into place. The agent is
+started only from a runtime whose marker matches, so a half-pushed runtime never runs. With
+``--python`` (Termux, a rooted device), or on other ABIs, the agent zipapp runs on the device's Python.
+
 The agent runs from ``/data/local/tmp/dflare`` (the directory the adb shell user may write), bound
 to the device's loopback on a random port with a fresh random token pushed as a 0600 file (never on a
 command line, where ``ps`` would show it). Shell commands report their exit status through a marker
@@ -50,6 +58,9 @@ from adb_shell.transport.tcp_transport import TcpTransport
 
 from host.deploy.adb_forward import AdbMux, AdbPortForwarder, MuxClosedError
 from host.deploy.bundle import BUNDLE_NAME, NATIVE_REQUIREMENTS, PLATFORMS, Bundle, build_bundle, platform_for_abi
+from host.deploy.runtime_bundle import PLATFORM as RUNTIME_PLATFORM
+from host.deploy.runtime_bundle import PYTHON_VERSION as RUNTIME_PYTHON
+from host.deploy.runtime_bundle import RuntimeBundle, agent_command, build_runtime
 from host.errors import (
     AgentStartError,
     ConfigError,
@@ -101,6 +112,17 @@ TOKEN_CHECK_RPC_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 #: Lines of the agent log shown when it fails to start.
 LOG_TAIL_LINES = 40
+#: The runtime's directory under the device directory, and where a new one is unpacked before it replaces it.
+RUNTIME_DIR = "runtime"
+STAGING_DIR = "runtime.staging"
+#: Written last into an unpacked runtime: the tarball's sha256. No marker, no start.
+RUNTIME_MARKER = ".dflare-runtime"
+#: Unpacking ~140 MB on a phone's flash takes seconds; under emulation (busybox tar via qemu) ~10 s.
+UNPACK_TIMEOUT_S = 300.0
+#: How the agent runs: "auto" (a device Python with the native modules when the shell finds one, else
+#: the self-contained runtime on android-arm64), "runtime" (always the self-contained runtime) or
+#: "python" (the zipapp on the device's Python).
+RUNTIME_MODES = ("auto", "runtime", "python")
 #: The adb shell prints this, then the exit status, after each command (v1 shell has no exit code).
 _RC_MARKER = "__DFLARE_RC="
 
@@ -186,7 +208,11 @@ class AdbDeployOptions:
         python: the device interpreter (else the first of ``PYTHON_CANDIDATES`` that works).
         device_port: the agent's port on the device loopback (else random in ``DEVICE_PORT_RANGE``).
         local_port: the host port to forward from (0: a free one).
-        bundle: a prebuilt bundle (``dflare deploy build``); else one is built for the device's ABI.
+        bundle: a prebuilt zipapp (``dflare deploy build``); else one is built for the device's ABI.
+        runtime: one of ``RUNTIME_MODES``.
+        runtime_bundle: a prebuilt runtime tarball (``dflare bundle build``, or its ``.json``); else it is
+            built (or taken from the cache) now.
+        cache_dir: where runtimes are built and cached (default ``runtime_bundle.default_cache_dir()``).
         key_path: the adb private key (else ``~/.android/adbkey``, created when missing).
         agent_args: extra ``dflare-agent serve`` arguments (e.g. ``--tls-cert``).
         purge: ``stop`` deletes the whole device directory, not just the token and pid file.
@@ -197,6 +223,9 @@ class AdbDeployOptions:
     device_port: int | None = None
     local_port: int = 0
     bundle: Path | None = None
+    runtime: str = "auto"
+    runtime_bundle: Path | None = None
+    cache_dir: Path | None = None
     key_path: Path | None = None
     auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S
     transport_timeout_s: float = DEFAULT_TRANSPORT_TIMEOUT_S
@@ -223,6 +252,9 @@ class AdbDeployment:
         self.pid = 0
         self.python = ""
         self.bundle: Bundle | None = None
+        self.runtime: RuntimeBundle | None = None
+        #: Decided by check_device: the agent runs from the self-contained runtime (not a device Python).
+        self.uses_runtime = False
         self.forwarder: AdbPortForwarder | None = None
         self._adb: AdbDevice | None = None
         self._signer: PythonRSASigner | None = None
@@ -381,10 +413,43 @@ class AdbDeployment:
         if info["sdk"] is not None and info["sdk"] < MIN_SDK:
             raise DeviceCheckError(self.uri, f"Android {info['android_release']} (API {info['sdk']}) is too old: "
                                              f"the agent needs API {MIN_SDK} (Android 7.0) or newer")
-        info["python"] = self._find_python()
+        info["python"] = self._choose_python(platform)
         info["free_bytes"] = self._free_bytes()
         info["thermal_c"] = self._thermal()
         return info
+
+    def _choose_python(self, platform: str) -> dict:
+        """Decide between the self-contained runtime and a device Python (sets :attr:`uses_runtime`).
+
+        ``auto``: a device Python with the native modules (Termux, a rooted device) is used when the
+        shell finds one, since it can load Android's own delegates; otherwise, on android-arm64, the
+        self-contained runtime. ``--python PATH`` always means that Python.
+
+        Raises:
+            ConfigError: an unknown mode, or "runtime" on a platform without one.
+            NoPythonError, DeviceCheckError: the device Python is required and unusable.
+        """
+        mode = self.options.runtime
+        if mode not in RUNTIME_MODES:
+            raise ConfigError(f"runtime {mode!r}: choose one of {', '.join(RUNTIME_MODES)}")
+        if mode == "runtime" and platform != RUNTIME_PLATFORM:
+            raise ConfigError(f"{self.uri}: there is a self-contained runtime for {RUNTIME_PLATFORM} only, this "
+                              f"device is {platform}: use --runtime python (and --python PATH)")
+        self.uses_runtime = mode == "runtime"
+        if not self.uses_runtime:
+            try:
+                return self._find_python()
+            except (NoPythonError, DeviceCheckError) as exc:
+                if mode == "python" or self.options.python or platform != RUNTIME_PLATFORM:
+                    raise
+                self.device_info["device_python"] = str(exc).removeprefix(f"{self.uri}: ")
+                self.uses_runtime = True  # a stock phone: no usable Python, so bring one
+        return {"path": f"{self.runtime_dir}/bin/python3", "version": RUNTIME_PYTHON,
+                "runtime": "self-contained (pushed by dflare)"}
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"{self.device_dir}/{RUNTIME_DIR}"
 
     def _getprops(self, names: tuple[str, ...]) -> dict[str, str]:
         command = "; ".join(f'echo "{n}=$(getprop {n})"' for n in names)
@@ -465,11 +530,16 @@ class AdbDeployment:
     # --- stage: push ----------------------------------------------------------------------------
 
     def push_agent(self) -> None:
-        """Push the bundle (skipped when the device already has these bytes) and a fresh token.
+        """Push the runtime or zipapp (skipped when the device already has these bytes) and a fresh token.
 
         Raises:
             PushError: the device refused a file, or ran out of space.
         """
+        if self.uses_runtime:
+            self.push_runtime()
+            self.token = secrets.token_urlsafe(32)
+            self._push_bytes(self.token.encode(), f"{self.device_dir}/token", 0o600)
+            return
         bundle = self._bundle()
         free = self.device_info.get("free_bytes")
         needed = bundle.size_bytes + MODEL_CACHE_HEADROOM_BYTES
@@ -490,6 +560,78 @@ class AdbDeployment:
         self.token = secrets.token_urlsafe(32)
         self._push_bytes(self.token.encode(), f"{self.device_dir}/token", 0o600)
         self.device_info["bundle"] = {"platform": bundle.platform, "sha256": bundle.sha256, "bytes": bundle.size_bytes}
+
+    def push_runtime(self) -> bool:
+        """Put the self-contained runtime in ``DEVICE_DIR/runtime``; returns whether anything was pushed.
+
+        Skipped when the device's marker holds this tarball's sha256. Otherwise the tarball is pushed into
+        a staging directory, checked, unpacked there, marked (last), and renamed into place, replacing the
+        old runtime whole (an agent running from it is stopped first).
+
+        Raises:
+            PushError: the device refused a file, ran out of space, or could not unpack the tarball.
+        """
+        runtime = self._runtime_bundle()
+        d, q = self.device_dir, shlex.quote
+        record = {"platform": runtime.platform, "sha256": runtime.sha256, "bytes": runtime.size_bytes,
+                  "unpacked_bytes": runtime.unpacked_bytes, "kind": "self-contained runtime"}
+        self.device_info["bundle"] = record
+        rc, out = self._shell(f"mkdir -p {q(d)}/cache && chmod 700 {q(d)}")
+        if rc != 0:
+            raise PushError(self.uri, f"cannot create {d}: {out[-300:]}")
+        if self._runtime_marker(self.runtime_dir) == runtime.sha256:
+            record.update(pushed=False, push_s=0.0)
+            return False
+        free = self.device_info.get("free_bytes")
+        needed = runtime.size_bytes + runtime.unpacked_bytes + MODEL_CACHE_HEADROOM_BYTES
+        if free is not None and free < needed:
+            raise PushError(self.uri, f"only {free // 2**20} MiB free under {os.path.dirname(d)}, the runtime needs "
+                                      f"{needed // 2**20} MiB (tarball + unpacked + model cache): free some space")
+        start = time.monotonic()
+        self._kill_previous()  # it runs from the runtime about to be replaced
+        staging, tarball = f"{d}/{STAGING_DIR}", f"{d}/{STAGING_DIR}.tar.gz"
+        rc, out = self._shell(f"rm -rf {q(staging)} {q(tarball)} && mkdir -p {q(staging)}")
+        if rc != 0:
+            raise PushError(self.uri, f"cannot prepare {staging}: {out[-300:]}")
+        self._push_stream(str(runtime.path), tarball, 0o644)  # adb-shell streams a file named by path
+        got = self._remote_sha256(tarball)
+        if got != runtime.sha256:
+            raise PushError(self.uri, f"{tarball} arrived corrupted (sha256 {str(got)[:12]}, sent "
+                                      f"{runtime.sha256[:12]}): retry, or check the USB cable")
+        rc, out = self._shell(f"tar -xzf {q(tarball)} -C {q(staging)} && rm -f {q(tarball)} && "
+                              f"echo {runtime.sha256} > {q(staging + '/' + RUNTIME_MARKER)}", UNPACK_TIMEOUT_S)
+        if rc != 0:
+            raise PushError(self.uri, f"cannot unpack the runtime into {staging} (exit {rc}): {out[-500:]}; "
+                                      "check the free space (df /data)")
+        current, old = self.runtime_dir, f"{d}/{RUNTIME_DIR}.old"
+        rc, out = self._shell(f"rm -rf {q(old)} && {{ [ ! -d {q(current)} ] || mv {q(current)} {q(old)}; }} && "
+                              f"mv {q(staging)} {q(current)} && rm -rf {q(old)}")
+        if rc != 0 or self._runtime_marker(current) != runtime.sha256:
+            raise PushError(self.uri, f"cannot move the new runtime into {current} (exit {rc}): {out[-300:]}")
+        record.update(pushed=True, push_s=round(time.monotonic() - start, 1))
+        return True
+
+    def _runtime_marker(self, runtime_dir: str) -> str:
+        rc, out = self._shell(f"cat {shlex.quote(runtime_dir + '/' + RUNTIME_MARKER)} 2>/dev/null")
+        return out.strip() if rc == 0 else ""
+
+    def _runtime_bundle(self) -> RuntimeBundle:
+        if self.runtime is None:
+            given = self.options.runtime_bundle
+            if given:
+                manifest = Path(given) if str(given).endswith(".json") else Path(str(given) + ".json")
+                self.runtime = RuntimeBundle.load(manifest)
+            else:
+                self.runtime = build_runtime(RUNTIME_PLATFORM, self.options.cache_dir, log=_LOG.info)
+        return self.runtime
+
+    def _push_stream(self, local: str, remote: str, mode: int) -> None:
+        try:
+            self._adb.push(local, remote, st_mode=0o100000 | mode, read_timeout_s=SHELL_TIMEOUT_S)
+        except (PushFailedError, AdbCommandFailureException) as exc:
+            raise PushError(self.uri, f"push to {remote} failed: {exc}") from None
+        except (AdbConnectionError, AdbTimeoutError, TcpTimeoutException, OSError) as exc:
+            raise PushError(self.uri, f"connection lost while pushing {remote}: {exc}") from None
 
     def _bundle(self) -> Bundle:
         if self.bundle is not None:
@@ -541,10 +683,20 @@ class AdbDeployment:
         self._kill_previous()
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.device_port), "--token-file", f"{d}/token",
                 "--cache-dir", f"{d}/cache", *self.options.agent_args]
-        env = " ".join(f"{k}={q(v)}" for k, v in self.options.extra_env.items())
+        if self.uses_runtime:
+            runtime = self._runtime_bundle()
+            if self._runtime_marker(self.runtime_dir) != runtime.sha256:
+                raise AgentStartError(self.uri, f"{self.runtime_dir} is not a complete copy of runtime "
+                                                f"{runtime.sha256[:12]} (no matching {RUNTIME_MARKER}): redeploy")
+            runtime_env, argv = agent_command(self.runtime_dir)
+            env_vars = {**runtime_env, **self.options.extra_env}
+            self.python = " ".join(argv[:4])
+        else:
+            env_vars, argv = dict(self.options.extra_env), [self.python, f"{d}/{BUNDLE_NAME}"]
+        env = " ".join(f"{k}={q(v)}" for k, v in env_vars.items())
         command = (
             f"cd {q(d)} && rm -f agent.log agent.pid && S=$(command -v setsid); "
-            f"{env} $S nohup {q(self.python)} {q(d + '/' + BUNDLE_NAME)} {' '.join(q(a) for a in args)} "
+            f"{env} $S nohup {' '.join(q(a) for a in argv)} {' '.join(q(a) for a in args)} "
             f"> {q(d + '/agent.log')} 2>&1 < /dev/null & echo $! > {q(d + '/agent.pid')}; cat {q(d + '/agent.pid')}"
         )
         rc, out = self._shell(command)

@@ -85,8 +85,8 @@ def test_unsupported_abi_is_refused_before_anything_is_pushed(tmp_path: Path, ad
 def test_no_python_on_the_device_lists_what_was_tried(tmp_path: Path, adb_key) -> None:
     key, pub = adb_key
     with _sim(tmp_path, pub, python=None) as sim:
-        with pytest.raises(NoPythonError) as info:
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key)).initialize()
+        with pytest.raises(NoPythonError) as info:  # asked for the device's Python (auto would bring a runtime)
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python")).initialize()
         assert sim.pushed == {}
     message = str(info.value)
     assert "python3" in message and "/data/local/tmp/dflare/python/bin/python3" in message
@@ -106,7 +106,7 @@ def test_python_without_native_modules_names_them(tmp_path: Path, adb_key) -> No
         if "No module named" not in modules:
             pytest.skip("this machine's /usr/bin/python3 has numpy")
         with pytest.raises(DeviceCheckError, match="lacks the native modules numpy"):
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key)).initialize()
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python")).initialize()
 
 
 def test_too_little_space_is_refused_before_pushing(tmp_path: Path, adb_key) -> None:
@@ -187,6 +187,8 @@ def test_cli_deploy_failures_exit_with_a_message_naming_the_device(
                     "--auth-timeout-s", str(AUTH_TIMEOUT_S), "--start-timeout-s", "60"]
             if case == "agent fails to start":
                 argv += ["--device-port", str(taken.getsockname()[1])]
+            if case == "no python":
+                argv += ["--runtime", "python"]  # auto would push the self-contained runtime instead
             assert main(argv) == exit_code
             if case != "agent fails to start":
                 assert sim.pushed == {}  # refused before anything was copied
