@@ -25,12 +25,12 @@ from host.campaign.config import (
     DEFAULT_MINIMIZE_MAX_QUERIES,
     DEFAULT_RERUNS,
     CampaignConfig,
-    known_algorithms,
 )
 from host.campaign.progress import LogProgress, RichProgress, default_progress
 from host.campaign.runner import CampaignOutcome, CampaignRunner, SearchFn
 from host.exit_codes import ExitCode
 from host.report.summary import json_view
+from host.search import ALGORITHMS
 
 #: Flags that are not campaign settings (everything else maps 1:1 onto a CampaignConfig field).
 _CONTROL_FLAGS = ("config", "force_new", "json", "progress")
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="URI", help="where the compressed model runs: local: (default), "
                    "grpc://HOST:PORT, adb://SERIAL; options as URI,delegate=D,threads=N")
     p.add_argument("--reference-target", metavar="URI", help="where the original model runs (default local:)")
-    p.add_argument("--algo", choices=known_algorithms(), help="search algorithm (default dflare)")
+    p.add_argument("--algo", choices=ALGORITHMS, help="search algorithm (default dflare)")
     p.add_argument("--max-queries", type=int, metavar="N",
                    help=f"query budget per seed (default {DEFAULT_MAX_QUERIES})")
     p.add_argument("--timeout-s", type=float, metavar="S", help="time budget per seed in seconds")

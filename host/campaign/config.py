@@ -26,13 +26,10 @@ from typing import Any, Mapping
 
 from host.errors import ConfigError
 from host.records import canonical_json
-from host.search.engine import DEFAULT_MAX_QUERIES
+from host.search import ALGORITHMS
+from host.search.engine import DEFAULT_MAX_QUERIES, MIN_VERIFY_RUNS
 from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
 from host.toml_file import read_toml
-
-#: Search algorithms a campaign may name (the engine may offer more; see ``known_algorithms``).
-DEFAULT_ALGORITHMS = ("dflare", "diffchaser", "random")
-
 
 #: Fields that do not change what a campaign computes, so resuming with other values is allowed:
 #: where files live (their contents are compared by digest), where output goes, credentials, and
@@ -50,16 +47,6 @@ LATER_FIELD_DEFAULTS: dict[str, Any] = {"ignore_ties": False}
 DEFAULT_MINIMIZE_MAX_QUERIES = 2000
 
 _PATH_FIELDS = ("original", "compressed", "seeds", "out", "token_file")
-
-
-def known_algorithms() -> tuple[str, ...]:
-    """The algorithm names the installed search engine accepts (``host.search.ALGORITHMS`` if set)."""
-    try:
-        import host.search as search
-    except ImportError:  # pragma: no cover - host.search is part of the package
-        return DEFAULT_ALGORITHMS
-    names = getattr(search, "ALGORITHMS", None)
-    return tuple(names) if names else DEFAULT_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -281,9 +268,8 @@ def _validate(cfg: CampaignConfig) -> None:
     def bad(name: str, msg: str) -> ConfigError:
         return ConfigError(f"campaign setting {name}: {msg} (got {getattr(cfg, name)!r})")
 
-    algos = known_algorithms()
-    if cfg.algo not in algos:
-        raise bad("algo", f"unknown algorithm; choose one of {', '.join(algos)}")
+    if cfg.algo not in ALGORITHMS:
+        raise bad("algo", f"unknown algorithm; choose one of {', '.join(ALGORITHMS)}")
     if cfg.max_queries is not None and cfg.max_queries <= 0:
         raise bad("max_queries", "must be a positive number of queries")
     for name in ("timeout_s", "connect_timeout_s"):
@@ -296,8 +282,8 @@ def _validate(cfg: CampaignConfig) -> None:
             raise bad(name, "must be a positive thread count")
     if cfg.limit is not None and cfg.limit <= 0:
         raise bad("limit", "must be a positive number of seeds")
-    if cfg.reruns < 0:
-        raise bad("reruns", "must be 0 or more")
+    if cfg.reruns < MIN_VERIFY_RUNS:  # the engine's own limit, checked before anything is stored
+        raise bad("reruns", f"must be at least {MIN_VERIFY_RUNS}: every triggering input is re-run to confirm it")
     if cfg.minimize_max_queries < 2:
         raise bad("minimize_max_queries", "must be at least 2 (one candidate on both models)")
     if cfg.max_linf is not None and not 0 <= cfg.max_linf <= 255:

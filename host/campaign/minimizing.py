@@ -43,7 +43,7 @@ def minimize_record(record: InputRecord, original: Session, compressed: Session,
     result = minimize(
         original, compressed, record.seed_image, record.image, record.trace, record.probs_original,
         record.probs_compressed, bound=bound_of(config), max_queries=config.minimize_max_queries,
-        verify_runs=max(1, config.reruns), seed_label=record.seed_label, rng_seed=(config.seed, record.seed_index),
+        verify_runs=config.reruns, seed_label=record.seed_label, rng_seed=(config.seed, record.seed_index),
         ignore_ties=config.ignore_ties,
     )
     return MinimizedRecord(

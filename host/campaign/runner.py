@@ -77,14 +77,10 @@ def engine_search(job: SearchJob) -> Iterator[SeedResult]:
     Seed ``i``'s random generator derives from ``(config.seed, i)`` with ``i`` its campaign index, so a
     resumed campaign searches each remaining seed exactly as an uninterrupted one would have.
 
-    Raises:
-        CampaignError: this build has no search engine.
     """
-    try:
-        from host.search import Budget
-        from host.search import run as search_run
-    except ImportError:
-        raise CampaignError("the search engine (host.search.run) is not available in this build") from None
+    from host.search import Budget
+    from host.search import run as search_run
+
     cfg = job.config
     yield from search_run(
         job.original, job.compressed, job.images, algo=cfg.algo,
@@ -121,12 +117,7 @@ def read_model(path: Path, role: str, delegate: str, config: CampaignConfig) -> 
         ModelError: the file is missing, unreadable or not a TFLite model.
     """
     preprocessing = preprocessing_from(config)
-    try:
-        spec = ModelSpec.from_path(path, delegate=delegate, threads=config.threads, preprocessing=preprocessing)
-    except ModuleNotFoundError as exc:  # host.model_metadata not built yet: raw pixels unless flags say more
-        if exc.name != "host.model_metadata":
-            raise
-        spec = ModelSpec.from_path(path, delegate=delegate, threads=config.threads, preprocessing=Preprocessing())
+    spec = ModelSpec.from_path(path, delegate=delegate, threads=config.threads, preprocessing=preprocessing)
     try:
         check_tflite_bytes(spec.content)
     except ModelFormatError as exc:

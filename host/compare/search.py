@@ -16,19 +16,10 @@ from typing import Any
 import numpy as np
 
 from host.compare.columns import PairResult
-from host.errors import ConfigError
 from host.figures import figures
+from host.search import run as search_run
 from host.search.results import SeedResult, SeedStatus
 from host.targets.base import Session
-
-
-def _search_run():
-    import host.search as search
-
-    run = getattr(search, "run", None)
-    if run is None:
-        raise ConfigError("--search needs the search engine (host.search.run), which this installation lacks")
-    return run
 
 
 def _slug(text: str) -> str:
@@ -67,7 +58,7 @@ class PairSearch:
         self.timeout_s = timeout_s
         self.seed = seed
         self.out = out
-        self._run = _search_run()
+        self._run = search_run
 
     def __call__(self, pair: PairResult, session_a: Session, session_b: Session) -> None:
         start = time.monotonic()

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Re-runs that must all disagree before a deviation is reported (catches non-deterministic delegates).
 VERIFY_RUNS: int = 3
+#: The fewest re-runs the engine accepts: a deviation nobody re-ran is not a verified one.
+MIN_VERIFY_RUNS: int = 1
 #: Seeds searched in lockstep at most. 256 amortizes per-call overhead (RPC, interpreter resize) well
 #: while a step's batch stays small: 256 DFlare candidates of 32x32x3 are 786 KB, under gRPC's 4 MiB
 #: default message size. Seeds beyond it wait and start as others finish.
@@ -229,8 +231,8 @@ class Engine:
         candidate_filter: BoundFilter | None = None,
         ignore_ties: bool = False,
     ) -> None:
-        if verify_runs < 1:
-            raise ConfigError(f"verify_runs must be at least 1, got {verify_runs}")
+        if verify_runs < MIN_VERIFY_RUNS:
+            raise ConfigError(f"verify_runs must be at least {MIN_VERIFY_RUNS}, got {verify_runs}")
         if max_live_seeds < 1:
             raise ConfigError(f"max_live_seeds must be at least 1, got {max_live_seeds}")
         if mutation_threads is not None and mutation_threads < 1:

@@ -76,6 +76,7 @@ def test_target_spec_with_options_sets_delegate_and_threads() -> None:
     ({"resize": "yes"}, "resize"),
     ({"mutation_threads": 0}, "mutation_threads"),
     ({"mutation_threads": 1.5}, "mutation_threads"),
+    ({"reruns": 0}, "reruns"),  # refused here, before a store records it (the engine needs at least one)
 ])
 def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
     base = {"original": "o", "compressed": "c", "seeds": "s"}
