@@ -393,7 +393,10 @@ def cnn_workload(size: int, n_seeds: int, workdir: Path) -> Workload:
     from host.targets import LocalTarget, ModelSpec
     from host.targets.base import Preprocessing
 
-    x = np.load(ROOT / "tests" / "fixtures" / "seeds" / f"{FIXTURE_MODEL}.npz")["x"][:n_seeds]
+    x = np.load(ROOT / "tests" / "fixtures" / "seeds" / f"{FIXTURE_MODEL}.npz")["x"]
+    if len(x) < n_seeds:
+        raise SystemExit(f"{size}x{size}x3: the {FIXTURE_MODEL} fixtures have {len(x)} seeds; asked for {n_seeds}")
+    x = x[:n_seeds]
     factor = -(-size // x.shape[1])
     seeds = np.ascontiguousarray(np.repeat(np.repeat(x, factor, 1), factor, 2)[:, :size, :size, :])
     original_path, compressed_path = _cnn_pair(size, seeds, workdir)
@@ -596,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps(rows, indent=1))
     print()
     print(table(rows))
+    skipped = {r["size"]: r["skipped"] for r in rows if r["skipped"]}
+    if skipped:
+        print("Seeds the two models already disagree on are skipped (not in the seeds column): "
+              + ", ".join(f"{size} {n}" for size, n in skipped.items()) + ".")
     for r in rows:
         if not r["same_candidates_as_loopback"]:
             print(f"Note: {r['size']} over {r['link']} consumed other candidates than loopback; compare with care.")
