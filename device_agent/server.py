@@ -17,9 +17,7 @@ import ipaddress
 import itertools
 import logging
 import math
-import os
 import queue
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -36,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from device_agent import __version__, device_info, runtime
 from device_agent._gen import agent_pb2, agent_pb2_grpc
-from device_agent.cache import DEFAULT_CAPACITY_BYTES, ModelCache
+from device_agent.cache import DEFAULT_CAPACITY_BYTES, ModelCache, default_cache_dir
 from device_agent.errors import (
     AgentError,
     AgentShuttingDownError,
@@ -637,17 +635,6 @@ def _quiet_grpc_decode_errors() -> None:
     logger = logging.getLogger(_GRPC_DECODE_LOGGER)
     if not any(isinstance(f, _OneLineErrors) for f in logger.filters):
         logger.addFilter(_OneLineErrors())
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/dflare-agent`` (``~/.cache/dflare-agent``), or the temp dir's when home is read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "dflare-agent")
-    try:
-        os.makedirs(path, exist_ok=True)
-        return path
-    except OSError:
-        return os.path.join(tempfile.gettempdir(), "dflare-agent-cache")
 
 
 @contextlib.contextmanager

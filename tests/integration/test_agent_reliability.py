@@ -311,4 +311,26 @@ def test_a_huge_id_gets_its_own_status_with_a_short_message(agent: AgentProcess,
     expected = grpc.StatusCode.INVALID_ARGUMENT if call == "LoadModel" else grpc.StatusCode.NOT_FOUND
     assert error.value.code() == expected, error.value.details()
     assert len(error.value.details()) < 1000
-    assert "characters cut" in error.value.details()
+    assert "100000 characters" in error.value.details()  # it says what was wrong without quoting it all
+
+
+# -- 6. the model cache trusts contents, not names ------------------------------------------------
+@pytest.mark.parametrize("planted", ["other model", "truncated"])
+def test_a_planted_or_truncated_cache_entry_is_replaced_not_served(tmp_path: Path, agent_factory, planted: str) -> None:
+    """An agent started over wrong bytes under the model's digest still gives the host the real model."""
+    from host.targets import LocalTarget
+
+    content = MODEL.read_bytes()
+    wrong = (FIXTURES / "models" / "digits28-int8.tflite").read_bytes() if planted == "other model" else content[:4096]
+    cache_dir = tmp_path / "agent0" / "cache"
+    cache_dir.mkdir(parents=True)
+    (cache_dir / f"{_sha256()}.tflite").write_bytes(wrong)
+    agent = agent_factory()
+    spec = ModelSpec.from_path(MODEL, delegate="xnnpack")
+    images = _images(4)
+    with RemoteTarget(agent.uri, token=agent.token) as target:
+        remote_out = target.load(spec).infer(images)
+    local_out = LocalTarget().load(spec).infer(images)
+    np.testing.assert_array_equal(remote_out, local_out)
+    assert (cache_dir / f"{_sha256()}.tflite").read_bytes() == content
+    assert "is corrupt" in agent.log()

@@ -91,3 +91,67 @@ def test_reopening_finds_stored_models_and_drops_partial_uploads(tmp_path):
     reopened = ModelCache(tmp_path, 10_000)
     assert sha(model) in reopened and reopened.used_bytes == 2000
     assert not (tmp_path / ".upload-123").exists()
+
+
+# -- trust by contents, not by name (issue 23) -----------------------------------------------------
+def test_a_planted_file_under_a_digest_is_not_served(tmp_path):
+    """A file named after one digest but holding other bytes is deleted at first use: NOT_FOUND, re-upload."""
+    model, other = fake_model(2000, 1), fake_model(2000, 2)
+    (tmp_path / f"{sha(model)}.tflite").write_bytes(other)
+    cache = ModelCache(tmp_path, 10_000)
+    with pytest.raises(NotFoundError, match="stored corrupt .* upload it again"):
+        cache.pin(sha(model))
+    assert not (tmp_path / f"{sha(model)}.tflite").exists() and cache.used_bytes == 0
+    assert put(cache, model) == (2000, False)
+    assert cache.pin(sha(model)).read_bytes() == model
+
+
+def test_a_truncated_entry_is_replaced_by_the_next_upload(tmp_path):
+    """Uploading a model whose stored copy is truncated writes it again instead of answering 'already present'."""
+    model = fake_model(3000)
+    cache = ModelCache(tmp_path, 10_000)
+    put(cache, model)
+    path = cache.path(sha(model))
+    path.write_bytes(model[:1000])  # a crash or a full disk left part of it
+    assert put(cache, model) == (3000, False)
+    assert cache.path(sha(model)).read_bytes() == model
+    assert put(cache, model) == (3000, True)
+
+
+def test_an_entry_changed_after_verification_is_hashed_again(tmp_path):
+    model = fake_model(2000)
+    cache = ModelCache(tmp_path, 10_000)
+    put(cache, model)
+    cache.pin(sha(model))
+    cache.unpin(sha(model))
+    (tmp_path / f"{sha(model)}.tflite").write_bytes(fake_model(2000, 9))
+    with pytest.raises(NotFoundError, match="stored corrupt"):
+        cache.path(sha(model))
+
+
+def test_the_store_is_private_and_uploads_are_flushed_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    cache = ModelCache(tmp_path / "store", 10_000)
+    assert (tmp_path / "store").stat().st_mode & 0o777 == 0o700
+    put(cache, fake_model(2000))
+    assert len(synced) >= 2  # the file, then its directory
+
+
+def test_default_cache_dir_is_private_when_home_is_read_only(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from device_agent import cache as cache_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-dir")  # cannot be created
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = cache_module.default_cache_dir()
+    assert path == str(tmp_path / f"dflare-agent-cache-{os.getuid()}")
+    assert os.stat(path).st_mode & 0o777 == 0o700
+    os.chmod(path, 0o777)  # someone opened it up: not trusted, a fresh private one instead
+    other = cache_module.default_cache_dir()
+    assert other != path and os.stat(other).st_mode & 0o777 == 0o700
