@@ -154,9 +154,10 @@ def open_target(uri: str, config: CampaignConfig) -> Target:
 def _model_view(session: Session, spec: ModelSpec) -> dict[str, Any]:
     view = spec.describe()
     view["input"] = session.input_spec.to_dict()
-    for name in ("delegated_nodes", "cpu_ops"):
-        if hasattr(session, name):
-            view[name] = getattr(session, name)
+    if session.delegated_nodes is not None:
+        view["delegated_nodes"] = session.delegated_nodes
+    if session.cpu_ops is not None:
+        view["cpu_ops"] = session.cpu_ops
     return view
 
 

@@ -178,17 +178,6 @@ def _unique_labels(specs: Sequence[TargetSpec]) -> list[str]:
     return labels
 
 
-def _peak_memory(session: Session, target: Target) -> int | None:
-    """The peak memory a target reports for a session (``peak_memory_bytes``), if it reports one."""
-    for source in (session, target):
-        value = getattr(source, "peak_memory_bytes", None)
-        if callable(value):
-            value = value()
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 TargetOpener = Callable[[str], Target]
 
 
@@ -256,8 +245,8 @@ def run_compare(
                 sessions[label] = session
                 column.probs, column.latency, column.host_latency = measure_session(
                     session, seeds, batch_size, warmup_runs, min_runs)
-                column.peak_memory_bytes = _peak_memory(session, target)
-                column.delegated_nodes = getattr(session, "delegated_nodes", None)
+                column.peak_memory_bytes = session.peak_memory_bytes
+                column.delegated_nodes = session.delegated_nodes
             except TargetUnreachableError as exc:
                 column.error = unreachable[spec.uri] = str(exc)
             except Error as exc:

@@ -188,16 +188,26 @@ class AdbTarget:
 class AdbSession:
     """A model loaded on the device; calls ride out a dropped adb link (see the module docstring).
 
-    Everything else (``input_spec``, ``output_specs``, ``delegated_nodes``, ``last_invoke_ms``...) is
-    the underlying :class:`host.targets.remote.RemoteSession`'s.
+    The figures of the session contract (``host.targets.base.Session``) are the underlying
+    :class:`host.targets.remote.RemoteSession`'s.
     """
 
     def __init__(self, target: AdbTarget, session) -> None:
         self._target = target
         self._session = session
+        self.model = session.model
+        self.input_spec = session.input_spec
+        self.output_specs = session.output_specs
+        self.delegated_nodes: int | None = session.delegated_nodes
+        self.cpu_ops: list[str] | None = session.cpu_ops
 
-    def __getattr__(self, name: str):
-        return getattr(self._session, name)
+    @property
+    def last_invoke_ms(self) -> float | None:
+        return self._session.last_invoke_ms
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        return self._session.peak_memory_bytes
 
     def __repr__(self) -> str:
         return f"AdbSession({self._session.model.name}, {self._target.uri})"

@@ -81,11 +81,28 @@ class ModelSpec:
 
 @runtime_checkable
 class Session(Protocol):
-    """A model loaded on a target."""
+    """A model loaded on a target: the whole contract, as TFLite's ``BenchmarkResults`` states its figures.
+
+    Every session has every attribute; a figure the target cannot know is ``None``, never missing.
+
+    Attributes:
+        model: what was loaded (bytes, delegate, threads, preprocessing).
+        input_spec: the input tensor (N, H, W, C) and its quantization.
+        output_specs: the output tensors.
+        delegated_nodes: delegate kernels in the execution plan (0 for cpu/ref; None if unknown).
+        cpu_ops: ops the delegate left on the CPU kernels (None if unknown).
+        last_invoke_ms: the interpreter's own ``invoke()`` time for the last ``infer`` call, in ms
+            (benchmark_model's figure: no preprocessing, transport or copies); None before the first call.
+        peak_memory_bytes: the peak memory the target measured for this model (None if it measures none).
+    """
 
     model: ModelSpec
     input_spec: TensorSpec
     output_specs: list[TensorSpec]
+    delegated_nodes: int | None
+    cpu_ops: list[str] | None
+    last_invoke_ms: float | None
+    peak_memory_bytes: int | None
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run a uint8 (N,H,W,C) batch; return float32 (N, classes)."""

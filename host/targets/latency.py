@@ -72,15 +72,8 @@ class LatencyStats:
 
 
 def reported_invoke_ms(session: Session) -> float | None:
-    """The target's own timing of the last ``infer`` call's ``invoke()``, in ms, if it reports one.
-
-    A remote session reports it as ``last_invoke_ms``; a local session through its runner's
-    ``last_invoke_s``.
-    """
-    value = getattr(session, "last_invoke_ms", None)
-    if value is None:
-        seconds = getattr(getattr(session, "runner", None), "last_invoke_s", None)
-        value = None if seconds is None else seconds * 1e3
+    """The target's own timing of the last ``infer`` call's ``invoke()``, in ms, if it reports one."""
+    value = session.last_invoke_ms
     if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
         return float(value)
     return None

@@ -22,8 +22,14 @@ class LocalSession:
         self.runner = runner
         self.input_spec = runner.input_spec
         self.output_specs = runner.output_specs
-        self.delegated_nodes = runner.delegated_nodes
-        self.cpu_ops = runner.cpu_ops
+        self.delegated_nodes: int | None = runner.delegated_nodes
+        self.cpu_ops: list[str] | None = list(runner.cpu_ops)
+        self.peak_memory_bytes: int | None = None  # one process for host and model: no per-model figure
+
+    @property
+    def last_invoke_ms(self) -> float | None:
+        seconds = self.runner.last_invoke_s if self.runner is not None else None
+        return None if seconds is None else seconds * 1e3
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         try:

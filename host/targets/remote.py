@@ -140,10 +140,11 @@ class RemoteSession:
         self.session_id = response.session_id
         self.input_spec = _spec(response.input)
         self.output_specs = [_spec(s) for s in response.outputs]
-        self.delegated_nodes = int(response.delegated_nodes)
-        self.cpu_ops = list(response.cpu_ops)
+        self.delegated_nodes: int | None = int(response.delegated_nodes)
+        self.cpu_ops: list[str] | None = list(response.cpu_ops)
         self.delegate = response.delegate
-        self.last_invoke_ms = 0.0
+        self.last_invoke_ms: float | None = None
+        self.peak_memory_bytes: int | None = None  # the protocol reports none per session
         self.last_run_ms = 0.0
         self.last_server_ms = 0.0
         self._closed = False

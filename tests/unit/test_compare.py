@@ -60,6 +60,8 @@ class _CountingSession:
     def __init__(self, clock: list[float]) -> None:
         self.calls: list[int] = []
         self.clock = clock
+        self.last_invoke_ms: float | None = None  # reports no timing of its own unless a test sets one
+        self.delegated_nodes = self.cpu_ops = self.peak_memory_bytes = None
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         self.calls.append(len(images))
