@@ -569,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
                   "(pip install -e '.[repair]')")
             sizes.remove(224)
     print(conditions(args))
+    if 224 in sizes:
+        import tensorflow
+
+        print(f"224x224x3 model built with TensorFlow {tensorflow.__version__}.")
     print(f"Load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")
     rows: list[dict] = []
     link = local_agent = link_agent = None
