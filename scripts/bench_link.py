@@ -342,7 +342,10 @@ def start_agent(workdir: Path, host: str, netns: str | None = None) -> Agent:
 
 
 class CountingSession:
-    """A session that counts the payload bytes of its ``infer`` calls (images sent, outputs received)."""
+    """A session (``host.targets.base.Session``) that counts the payload bytes of its ``infer`` calls.
+
+    Sent: the uint8 images; received: the output tensors. Everything else is the wrapped session's.
+    """
 
     def __init__(self, session) -> None:
         self.session = session
@@ -355,8 +358,36 @@ class CountingSession:
         self.received_bytes += out.nbytes
         return out
 
-    def __getattr__(self, name: str):
-        return getattr(self.session, name)
+    def close(self) -> None:
+        self.session.close()
+
+    @property
+    def model(self):
+        return self.session.model
+
+    @property
+    def input_spec(self):
+        return self.session.input_spec
+
+    @property
+    def output_specs(self):
+        return self.session.output_specs
+
+    @property
+    def delegated_nodes(self):
+        return self.session.delegated_nodes
+
+    @property
+    def cpu_ops(self):
+        return self.session.cpu_ops
+
+    @property
+    def last_invoke_ms(self):
+        return self.session.last_invoke_ms
+
+    @property
+    def peak_memory_bytes(self):
+        return self.session.peak_memory_bytes
 
 
 # -- the campaign ---------------------------------------------------------------------------

@@ -16,9 +16,22 @@ import pytest
 from tests.script_support import SCRIPTS, load_script
 
 bench = load_script("bench_link")
-_missing = bench.missing_prerequisites()
-if _missing is None and subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-    _missing = "`ip netns` does not work here (no network namespace support)"
+
+
+def _cannot_make_namespaces() -> str | None:
+    """Why this machine cannot make a network namespace (root, iproute2, kernel, container), or None."""
+    missing = bench.missing_prerequisites()
+    if missing:
+        return missing
+    probe = f"{bench.NAME_PREFIX}{os.getpid()}-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` fails here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+_missing = _cannot_make_namespaces()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=f"cannot emulate a link: {_missing}")
 
 TINY = ["--sizes", "32", "--seeds", "3", "--rates", "40", "--max-queries", "200"]

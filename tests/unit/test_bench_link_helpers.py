@@ -98,6 +98,7 @@ def test_without_iproute2_it_names_the_missing_tools(bench, monkeypatch):
 def test_counting_session_counts_payload_both_ways_and_passes_the_rest_through(bench):
     class Fake:
         input_spec = "spec"
+        peak_memory_bytes = None
 
         def infer(self, images):
             return np.zeros((len(images), 10), np.float32)
@@ -106,7 +107,7 @@ def test_counting_session_counts_payload_both_ways_and_passes_the_rest_through(b
     counting.infer(np.zeros((3, 32, 32, 3), np.uint8))
     counting.infer(np.zeros((1, 32, 32, 3), np.uint8))
     assert counting.sent_bytes == 4 * 32 * 32 * 3 and counting.received_bytes == 4 * 10 * 4
-    assert counting.input_spec == "spec"
+    assert counting.input_spec == "spec" and counting.peak_memory_bytes is None
 
 
 def test_finish_row_takes_the_median_round_and_derives_per_candidate_figures(bench):
