@@ -64,7 +64,11 @@ DEFAULT_MAX_BATCH_BYTES = 64 << 20
 #: RESOURCE_EXHAUSTED rather than queued behind the others.
 DEFAULT_MAX_STREAMS = 16
 #: Unary Infer calls running at once; each holds a handler thread until its batch is answered.
-DEFAULT_MAX_INFER_CALLS = 16
+DEFAULT_MAX_INFER_CALLS = 32
+#: Unary Infer calls running at once on one session: a hung model's callers can then hold only
+#: part of :data:`DEFAULT_MAX_INFER_CALLS`, never the threads other sessions need. More than a
+#: worker's slots would only wait in its queue anyway.
+DEFAULT_MAX_INFER_CALLS_PER_SESSION = 16
 #: Handler threads kept beyond the inference limits for health, GetDeviceInfo, PutModel, LoadModel
 #: and UnloadModel, so inference (a hung model, idle streams) can never starve them.
 CONTROL_THREADS = 8
@@ -180,6 +184,7 @@ class AgentConfig:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     max_streams: int = DEFAULT_MAX_STREAMS
     max_infer_calls: int = DEFAULT_MAX_INFER_CALLS
+    max_infer_calls_per_session: int = DEFAULT_MAX_INFER_CALLS_PER_SESSION
     stream_idle_timeout_s: float = DEFAULT_STREAM_IDLE_TIMEOUT_S
     worker_cpus: tuple[int, ...] = ()
 
@@ -193,9 +198,9 @@ class AgentConfig:
             raise ValueError(
                 f"max batch bytes ({self.max_batch_bytes}) cannot exceed max message bytes ({self.max_message_bytes})"
             )
-        if self.max_streams < 1 or self.max_infer_calls < 1:
-            raise ValueError(f"max streams ({self.max_streams}) and max Infer calls ({self.max_infer_calls}) "
-                             "must be at least 1")
+        if min(self.max_streams, self.max_infer_calls, self.max_infer_calls_per_session) < 1:
+            raise ValueError(f"max streams ({self.max_streams}), max Infer calls ({self.max_infer_calls}) and "
+                             f"per session ({self.max_infer_calls_per_session}) must be at least 1")
         if self.stream_idle_timeout_s <= 0:
             raise ValueError(f"stream idle timeout must be positive, got {self.stream_idle_timeout_s} s")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -266,19 +271,21 @@ class _Admission:
     would wait for a thread that a hung model or an idle stream may hold for a long time.
     """
 
-    def __init__(self, what: str, limit: int, flag: str) -> None:
+    def __init__(self, what: str, limit: int, flag: str, per_key_limit: int | None = None) -> None:
         self.what = what
         self.limit = limit
         self.flag = flag
+        self.per_key_limit = per_key_limit
         self._active = 0
+        self._by_key: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one place for the ``with`` block.
+    def admit(self, key: str = "") -> Iterator[None]:
+        """Hold one place for the ``with`` block (and one of ``key``'s, with a per-key limit).
 
         Raises:
-            LimitExceededError: ``limit`` calls are already in progress.
+            LimitExceededError: ``limit`` calls, or ``per_key_limit`` for ``key``, are in progress.
         """
         with self._lock:
             if self._active >= self.limit:
@@ -286,12 +293,24 @@ class _Admission:
                     f"{self.limit} {self.what} are in progress, this agent's limit ({self.flag}); "
                     "retry when one has finished"
                 )
+            held = self._by_key.get(key, 0)
+            if self.per_key_limit is not None and held >= self.per_key_limit:
+                raise LimitExceededError(
+                    f"{held} {self.what} on session {shorten(key)!r} are in progress, the limit per session "
+                    f"({self.flag}_per_session); retry when one has finished"
+                )
             self._active += 1
+            self._by_key[key] = held + 1
         try:
             yield
         finally:
             with self._lock:
                 self._active -= 1
+                left = self._by_key[key] - 1
+                if left:
+                    self._by_key[key] = left
+                else:
+                    del self._by_key[key]
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
@@ -306,7 +325,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         # Probing for delegate libraries runs ldconfig/gcc (tens of ms): do it once, not per call.
         self._delegates = runtime.available_delegates(config.allowed_delegates)
         self._streams = _Admission("InferStreams", config.max_streams, "max_streams")
-        self._infer_calls = _Admission("unary Infer calls", config.max_infer_calls, "max_infer_calls")
+        self._infer_calls = _Admission("unary Infer calls", config.max_infer_calls, "max_infer_calls",
+                                       config.max_infer_calls_per_session)
 
     def GetDeviceInfo(self, request, context):  # noqa: N802 - gRPC method name
         with _status_from_errors(context):
@@ -375,7 +395,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             )
 
     def Infer(self, request, context):  # noqa: N802
-        with _status_from_errors(context), self._infer_calls.admit():
+        with _status_from_errors(context), self._infer_calls.admit(request.session_id):
             start_ns = time.perf_counter_ns()
             return _response(request.request_id, self._submit(request).result(), start_ns)
 

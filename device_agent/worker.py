@@ -63,6 +63,16 @@ _REAP_TIMEOUT_S = 2.0
 #: Longest wait for a slot held by a caller still copying its batch in; every change notifies, so
 #: this only bounds a wait that a missed notification would otherwise make endless.
 _SLOT_WAIT_S = 0.05
+#: Floor of a batch's execution timeout: covers a first batch (nothing measured yet), a delegate
+#: compiling its kernels on the first invoke and a busy phone, while still ending a hung model.
+MIN_BATCH_TIMEOUT_S = 30.0
+#: A batch may take this many times the slowest time per image measured so far before it counts
+#: as hung: far beyond scheduling noise, and a hang is forever.
+BATCH_TIMEOUT_FACTOR = 50.0
+#: Environment variable fixing every batch's execution timeout in seconds (instead of deriving it).
+BATCH_TIMEOUT_ENV = "DFLARE_AGENT_BATCH_TIMEOUT_S"
+#: How often a reader waiting for a reply re-checks the running batch's timeout.
+_TIMEOUT_CHECK_S = 1.0
 
 _ERROR_KINDS: dict[str, type[Exception]] = {
     "model_format": runtime.ModelFormatError,
@@ -70,6 +80,21 @@ _ERROR_KINDS: dict[str, type[Exception]] = {
     "delegate_unavailable": runtime.DelegateUnavailableError,
     "invalid": InvalidRequestError,
 }
+
+
+def configured_batch_timeout_s() -> float | None:
+    """The batch execution timeout fixed by ``$DFLARE_AGENT_BATCH_TIMEOUT_S``, or None (derive it)."""
+    text = os.environ.get(BATCH_TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        log.warning("ignoring %s=%r: expected a positive number of seconds", BATCH_TIMEOUT_ENV, text)
+        return None
+    return value
 
 
 def fault_injection_enabled() -> bool:
@@ -176,6 +201,9 @@ class _WorkerFuture(Future):
     def __init__(self, worker: Worker) -> None:
         super().__init__()
         self._worker = worker
+        #: Set by submit for a batch: its execution timeout, and when it was queued.
+        self.timeout_s: float | None = None
+        self.queued_at = 0.0
 
     def result(self, timeout: float | None = None):
         self._worker._drive(self)
@@ -195,8 +223,13 @@ class Worker:
         cpus: CPUs the child runs on (its interpreter threads too); empty: wherever the agent runs.
     """
 
-    def __init__(self, name: str, max_batch_bytes: int, cpus: Sequence[int] = ()) -> None:
+    def __init__(self, name: str, max_batch_bytes: int, cpus: Sequence[int] = (),
+                 batch_timeout_s: float | None = None) -> None:
         self.name = name
+        # None: derived from the measured latency (see batch_timeout); $DFLARE_AGENT_BATCH_TIMEOUT_S fixes it.
+        self.fixed_batch_timeout_s = batch_timeout_s or configured_batch_timeout_s()
+        self._slowest_s_per_image = 0.0
+        self._last_reply_at = 0.0
         self.max_batch_bytes = max_batch_bytes
         self.cpus = tuple(int(c) for c in cpus)
         self._conn: Connection | None = None
@@ -339,7 +372,20 @@ class Worker:
             if self._dead_reason is not None:  # closed under us (a restart): its slots are gone
                 raise self._crash_error(f"writing a batch of shape {shape}") from None
             raise
-        return self._call(("infer", index, shape, dtype, prepared), f"running a batch of shape {shape}", slot=index)
+        future = self._call(("infer", index, shape, dtype, prepared), f"running a batch of shape {shape}", slot=index)
+        future.queued_at = time.monotonic()
+        future.timeout_s = self.batch_timeout(shape[0])
+        return future
+
+    def batch_timeout(self, images: int) -> float:
+        """Seconds a batch of ``images`` may run before the worker is killed as hung.
+
+        The fixed timeout when one is configured, else :data:`BATCH_TIMEOUT_FACTOR` times the
+        slowest time per image measured on this worker, at least :data:`MIN_BATCH_TIMEOUT_S`.
+        """
+        if self.fixed_batch_timeout_s:
+            return self.fixed_batch_timeout_s
+        return max(MIN_BATCH_TIMEOUT_S, BATCH_TIMEOUT_FACTOR * self._slowest_s_per_image * images)
 
     def _write_batch(self, slot: _Slot, data: bytes | memoryview, shape: tuple[int, ...],
                      dtype: str) -> tuple[str, bool]:
@@ -410,10 +456,13 @@ class Worker:
                 if future.done():
                     return
                 try:
+                    if not self._reply_in_time():
+                        return
                     reply = self._conn.recv()
                 except (EOFError, OSError, ValueError):
                     self._on_child_exit()
                     return
+                self._last_reply_at = time.monotonic()
                 with self._send_lock:
                     head, slot, _ = self._pending.popleft()
                 try:
@@ -423,6 +472,41 @@ class Worker:
                         with self._send_lock:
                             self._free_slots.append(slot)
                             self._slots_changed.notify_all()
+
+    def _reply_in_time(self) -> bool:
+        """Wait for the next reply; False when the batch running overran its timeout (the worker is then killed).
+
+        The running batch is the oldest queued one; its clock starts when it was queued or when
+        the reply before it came, whichever is later (the child runs batches one at a time).
+        """
+        while True:
+            with self._send_lock:
+                head = self._pending[0][0] if self._pending else None
+            timeout_s = getattr(head, "timeout_s", None)
+            wait_s = _TIMEOUT_CHECK_S
+            if timeout_s is not None:
+                started = max(head.queued_at, self._last_reply_at)
+                left_s = started + timeout_s - time.monotonic()
+                if left_s <= 0:
+                    self._kill_hung(timeout_s)
+                    return False
+                wait_s = min(wait_s, left_s)
+            if self._conn.poll(wait_s):
+                return True
+
+    def _kill_hung(self, timeout_s: float) -> None:
+        """Kill a worker whose batch ran past its timeout; every request it held fails with the reason."""
+        reason = f"killed: a batch ran longer than its {timeout_s:.3g} s execution timeout, the model hung"
+        with self._send_lock:
+            if self._dead_reason is None:
+                self._dead_reason = reason
+        log.error("worker %s (pid %s) %s", self.name, self.pid, reason)
+        if self._process is not None:
+            with contextlib.suppress(OSError):
+                self._process.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(_REAP_TIMEOUT_S)
+        self._fail_pending(reason)
 
     def _resolve(self, future: Future, slot: int | None, reply: tuple) -> None:
         kind = reply[0]
@@ -438,6 +522,9 @@ class Worker:
                 nbytes = math.prod(shape) * 4  # math.prod: np.prod costs ~10 us per call
                 outputs.append((tuple(shape), bytes(view[offset : offset + nbytes])))
                 offset += nbytes
+            if shapes and shapes[0]:
+                per_image_s = run_us / 1e6 / max(1, shapes[0][0])
+                self._slowest_s_per_image = max(self._slowest_s_per_image, per_image_s)
             future.set_result(InferResult(outputs, invoke_us, run_us))
         else:
             future.set_result(reply[1])

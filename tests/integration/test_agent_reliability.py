@@ -6,6 +6,7 @@ signals and files; time bounds are liveness checks with generous margins, never 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -334,3 +335,97 @@ def test_a_planted_or_truncated_cache_entry_is_replaced_not_served(tmp_path: Pat
     np.testing.assert_array_equal(remote_out, local_out)
     assert (cache_dir / f"{_sha256()}.tflite").read_bytes() == content
     assert "is corrupt" in agent.log()
+
+
+# -- 2. a hung worker costs its own batches only --------------------------------------------------
+#: The batch timeout the hung-worker test's agent runs with: long enough to probe the other calls
+#: while the worker is stopped, short enough for CI.
+HUNG_BATCH_TIMEOUT_S = 12.0
+#: Deadline of a control call made while a worker hangs: well under the batch timeout.
+CONTROL_DEADLINE_S = 8.0
+
+
+def _worker_pids(agent: AgentProcess) -> set[int]:
+    """The agent's worker processes (children running device_agent.worker)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == agent.pid and b"device_agent.worker" in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+def test_a_stopped_worker_is_killed_after_the_batch_timeout_and_blocks_nothing_else(agent_factory) -> None:
+    """SIGSTOP one session's worker: other sessions, health, info and unload answer; its calls get ABORTED."""
+    import os
+    import signal
+
+    from grpc_health.v1 import health_pb2
+
+    from device_agent.worker import BATCH_TIMEOUT_ENV
+
+    agent = agent_factory(env={BATCH_TIMEOUT_ENV: str(HUNG_BATCH_TIMEOUT_S)})
+    hung_session = _load(agent)
+    (hung_pid,) = _worker_pids(agent)
+    other_session = _load(agent)
+    channel, stub, metadata = _stub(agent)
+    results: list[tuple[grpc.StatusCode, str]] = []
+
+    def stuck_call() -> None:
+        try:
+            stub.Infer(_infer_request(hung_session, _images(2)), timeout=RPC_TIMEOUT_S, metadata=metadata)
+            results.append((grpc.StatusCode.OK, ""))
+        except grpc.RpcError as error:
+            results.append((error.code(), error.details()))
+
+    os.kill(hung_pid, signal.SIGSTOP)
+    try:
+        callers = [threading.Thread(target=stuck_call) for _ in range(20)]  # more than a session may run (16)
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)  # let them reach the agent
+        assert _health(agent, CONTROL_DEADLINE_S) == health_pb2.HealthCheckResponse.SERVING
+        assert _device_info(agent, CONTROL_DEADLINE_S).sessions == 2
+        answer = stub.Infer(_infer_request(other_session, _images(2)), timeout=CONTROL_DEADLINE_S, metadata=metadata)
+        assert len(answer.outputs) == 1
+        stub.UnloadModel(agent_pb2.UnloadModelRequest(session_id=other_session), timeout=CONTROL_DEADLINE_S,
+                         metadata=metadata)
+        for caller in callers:
+            caller.join(HUNG_BATCH_TIMEOUT_S + RPC_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung_pid, signal.SIGCONT)
+    codes = [code for code, _ in results]
+    assert len(results) == 20 and set(codes) <= {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}, results
+    aborted = [details for code, details in results if code == grpc.StatusCode.ABORTED]
+    assert aborted and all("execution timeout" in details for details in aborted), aborted
+    # The session serves again on a fresh worker.
+    with channel:
+        answer = stub.Infer(_infer_request(hung_session, _images(2)), timeout=RPC_TIMEOUT_S, metadata=metadata)
+    assert len(answer.outputs) == 1
+    assert hung_pid not in _worker_pids(agent)
+
+
+def test_batch_timeout_is_derived_from_the_measured_latency() -> None:
+    """No fixed timeout: the floor until batches are measured, then a multiple of the slowest per image."""
+    from device_agent import worker as worker_module
+
+    worker = Worker("timeout", BATCH * 28 * 28)
+    worker.start()
+    try:
+        worker.load(LoadSpec(str(MODEL), "xnnpack", None, {"mean": [0.0], "std": [255.0]}, (), {}))
+        if worker.fixed_batch_timeout_s is None:
+            assert worker.batch_timeout(BATCH) == worker_module.MIN_BATCH_TIMEOUT_S
+        result = worker.infer(_images().tobytes(), (BATCH, 28, 28, 1), "uint8")
+        per_image_s = result.run_latency_us / 1e6 / BATCH
+        huge = int(10 * worker_module.MIN_BATCH_TIMEOUT_S / (worker_module.BATCH_TIMEOUT_FACTOR * per_image_s))
+        if worker.fixed_batch_timeout_s is None:
+            assert worker.batch_timeout(huge) >= worker_module.BATCH_TIMEOUT_FACTOR * per_image_s * huge * 0.999
+    finally:
+        worker.close()
