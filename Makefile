@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint unit demo protos protos-check fixtures bench test-board test-repair clean
+.PHONY: venv test lint unit demo protos protos-check fixtures bench test-board test-android test-repair clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,13 @@ fixtures: venv
 ## (scripts/emulated_board.sh; needs root or sudo for apt the first time, ~35 s setup, ~40 s run).
 test-board: venv
 	bash scripts/emulated_board.sh all
+
+## make test-android: a stock arm64 phone emulated (proot + qemu-user over a root holding only what
+## `dflare deploy adb` pushed) gets the self-contained runtime through the simulated adbd; runs the `android`
+## marker tests (scripts/emulated_android.sh; root or sudo for apt the first time; docs/android.md).
+test-android: venv
+	bash scripts/emulated_android.sh setup
+	$(PY) -m pytest -q -m android tests/integration/test_android_emulated.py
 
 ## make test-repair: install the repair extra (TensorFlow; ~1 min from PyPI) and run the `repair` marker
 ## tests (`dflare repair` on the fixture models; ~1-2 min on 2 cores). `make test` skips them without TensorFlow.

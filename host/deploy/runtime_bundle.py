@@ -404,9 +404,9 @@ def compile_tree(tree: Path) -> None:
 
 
 def write_tarball(tree: Path, out: Path) -> None:
-    """A gzip'd tar of ``tree``: sorted entries, root-owned, fixed mtimes, gzip header time zero."""
+    """A gzip'd tar of ``tree``: sorted entries, root-owned, fixed mtimes, no name or time in the gzip header."""
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for path in sorted(tree.rglob("*")):
             rel = path.relative_to(tree).as_posix()
