@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from host import artifacts
 from host.campaign.config import CampaignConfig
 from host.campaign.minimizing import bound_of, minimize_pending
 from host.campaign.progress import ProgressReporter, default_progress
-from host.errors import CampaignError, ModelError
+from host.errors import CampaignError, ModelError, OutputDirError, SeedError
 from host.records import RequestedSeed
 from host.report.writer import ReportPaths, write_reports
 from host.search.results import SeedResult, SeedStatus
@@ -140,15 +141,10 @@ def open_target(uri: str, config: CampaignConfig) -> Target:
     Raises:
         ConfigError: an unknown URI scheme.
     """
+    from host.targets import TargetOptions
     from host.targets import open_target as open_uri
 
-    options: dict[str, Any] = {}
-    if uri != "local:":
-        if config.token_file is not None:
-            options["token_file"] = config.token_file
-        if config.connect_timeout_s is not None:
-            options["connect_timeout_s"] = config.connect_timeout_s
-    return open_uri(uri, **options)
+    return open_uri(uri, TargetOptions(token_file=config.token_file, connect_timeout_s=config.connect_timeout_s))
 
 
 def _model_view(session: Session, spec: ModelSpec) -> dict[str, Any]:
@@ -206,8 +202,7 @@ class CampaignRunner:
         cfg = self.config
         original_spec = read_model(cfg.original, "original", cfg.reference_delegate, cfg)
         compressed_spec = read_model(cfg.compressed, "compressed", cfg.delegate, cfg)
-        out_dir = Path(cfg.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = prepare_out_dir(Path(cfg.out))
         with contextlib.ExitStack() as stack:
             stack.enter_context(_dir_lock(out_dir))
             targets = self._open_targets(stack)
@@ -217,6 +212,7 @@ class CampaignRunner:
             stack.callback(compressed.close)
             image_shape = _check_models_fit(original, compressed, cfg)
             seeds = load_seeds(cfg.seeds, image_shape, resize=cfg.resize, limit=cfg.limit)
+            check_seed_labels(seeds, int(np.prod(compressed.output_specs[0].shape[1:])), cfg.seeds)
             store = CampaignStore.create_or_resume(
                 out_dir, cfg, {"original": original_spec.sha256, "compressed": compressed_spec.sha256},
                 seeds.digest(), force_new=self.force_new,
@@ -341,6 +337,43 @@ def _check_models_fit(original: Session, compressed: Session, cfg: CampaignConfi
     return shape_o  # type: ignore[return-value]
 
 
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create ``--out`` if missing and check that a campaign can be written there.
+
+    Raises:
+        OutputDirError: it names a file, or cannot be created or written (read-only filesystem,
+            permissions), with the reason in one line.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"--out {out_dir} is a file, not a directory: pass a directory (created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputDirError(f"cannot write to --out {out_dir} (read-only filesystem or no permission): "
+                             "pass a writable directory")
+    return out_dir
+
+
+def check_seed_labels(seeds: SeedSet, classes: int, source: object) -> None:
+    """Refuse labels the models cannot output, naming the first bad one (else those seeds would be skipped silently).
+
+    Raises:
+        SeedError: a label below 0 or at least ``classes``.
+    """
+    if seeds.y is None:
+        return
+    labels = np.asarray(seeds.y).astype(np.int64).reshape(-1)
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        first = int(bad[0])
+        raise SeedError(
+            f"seed label {int(labels[first])} (seed {first} of {source}) is out of range: the models have "
+            f"{classes} classes, so labels are 0..{classes - 1}; {bad.size} seed(s) have such labels"
+        )
+
+
 @contextlib.contextmanager
 def _dir_lock(out_dir: Path) -> Iterator[None]:
     """An exclusive lock on the output directory (POSIX ``flock``; released by the OS if killed)."""
@@ -349,7 +382,11 @@ def _dir_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no lock, documented
         yield
         return
-    with open(out_dir / LOCK_NAME, "a+") as fh:
+    try:
+        fh = open(out_dir / LOCK_NAME, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise OutputDirError(f"cannot write to --out {out_dir}: {exc.strerror or exc}") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

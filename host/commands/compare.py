@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -77,26 +76,12 @@ def _model_spec(path: Path, args: argparse.Namespace):
 
 
 def _target_opener(args: argparse.Namespace):
-    from host.targets import open_target
+    from host.targets import TargetOptions, open_target
+    from host.targets.options import resolve_token
 
-    token = None
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
-    elif os.environ.get("DFLARE_TOKEN"):
-        token = os.environ["DFLARE_TOKEN"]
-
-    def opener(uri: str):
-        if uri.startswith("local"):
-            return open_target(uri)
-        options: dict[str, Any] = {"token": token} if token else {}
-        if args.connect_timeout_s is not None and uri.startswith("grpc://"):
-            options["connect_timeout_s"] = args.connect_timeout_s
-        return open_target(uri, **options)
-
-    return opener
+    # Read once, here: a bad --token-file is an error before any column runs.
+    options = TargetOptions(token=resolve_token(None, args.token_file), connect_timeout_s=args.connect_timeout_s)
+    return lambda uri: open_target(uri, options)
 
 
 def run(args: argparse.Namespace) -> int:

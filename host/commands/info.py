@@ -31,12 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from host.targets import open_target
+    from host.targets import TargetOptions, open_target
 
-    options = {}
-    if args.target.startswith("grpc://") and args.token_file is not None:
-        options["token_file"] = args.token_file
-    target = open_target(args.target, **options)
+    target = open_target(args.target, TargetOptions(token_file=args.token_file))
     try:
         info = target.info()
     finally:

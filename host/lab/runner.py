@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
-import os
 import secrets
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from host import __version__
-from host.errors import ConfigError, Error, HealthCheckError, TargetError
+from host.errors import Error, HealthCheckError, TargetError
 from host.figures import figures
 from host.lab.config import DeviceConfig, LabConfig, ModelPair
 from host.lab.health import check_health
@@ -43,6 +42,7 @@ from host.lab.history import History
 from host.seeds import load_seeds
 from host.targets.base import ModelSpec, Target
 from host.targets.latency import measure_session
+from host.targets.options import resolve_token
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +100,11 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
 
 
-def _read_token(path: Path | None) -> str | None:
-    if path is None:
-        return os.environ.get("DFLARE_TOKEN") or None
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
-
-
 def default_open_target(uri: str, token: str | None, connect_timeout_s: float | None = None) -> Target:
     """Open a device target through ``host.targets.open_target``, passing the token and connect timeout."""
-    from host.targets import open_target
+    from host.targets import TargetOptions, open_target
 
-    if uri.startswith("local"):
-        return open_target(uri)
-    options: dict[str, Any] = {}
-    if connect_timeout_s is not None:
-        options["connect_timeout_s"] = connect_timeout_s
-    if token and uri.startswith("grpc://"):  # an adb:// device gets the token its deployment creates
-        options["token"] = token
-    return open_target(uri, **options)
+    return open_target(uri, TargetOptions(token=token, connect_timeout_s=connect_timeout_s))
 
 
 class _DeviceGone(Exception):
@@ -204,7 +188,7 @@ class LabRunner:
     # -- one device ---------------------------------------------------------------------------
     def _device_worker(self, device: DeviceConfig, outcome: DeviceOutcome) -> None:
         combos = [(m, d) for m in self.config.models for d in self.config.delegates_for(device)]
-        token = _read_token(device.token_file or self.config.token_file)
+        token = resolve_token(None, device.token_file or self.config.token_file)
         target: Target | None = None
         try:
             target = self._connect(device, token, outcome)

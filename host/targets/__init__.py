@@ -2,20 +2,28 @@
 
 from host.targets.base import ModelSpec, Session, Target
 from host.targets.local import LocalTarget
+from host.targets.options import TargetOptions
 
-__all__ = ["LocalTarget", "ModelSpec", "Session", "Target", "open_target"]
+__all__ = ["LocalTarget", "ModelSpec", "Session", "Target", "TargetOptions", "open_target"]
 
 
-def open_target(uri: str, **options) -> Target:
+def open_target(uri: str, options: TargetOptions | None = None, **extra) -> Target:
     """Open a target from its URI: ``local:``, ``grpc://HOST:PORT`` or ``adb://SERIAL``.
+
+    Args:
+        uri: where the target is.
+        options: credentials and limits; each scheme takes the ones that apply to it.
+        extra: keyword arguments for the target class itself (tests, and TLS settings for ``grpc://``).
 
     Raises:
         host.errors.ConfigError: an unknown URI scheme.
     """
     from host.errors import ConfigError
 
+    options = {**(options or TargetOptions()).for_uri(uri), **extra}
+
     if uri in ("local", "local:"):
-        return LocalTarget(allowed_external=options.get("allowed_external", ()))
+        return LocalTarget(**options)
     if uri.startswith("grpc://"):
         from host.targets.remote import RemoteTarget
 

@@ -48,6 +48,7 @@ from host.errors import (
     WorkerCrashedError,
 )
 from host.targets.base import DEFAULT_CONNECT_TIMEOUT_S, ModelSpec
+from host.targets.options import resolve_token
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 PROTOCOL_MAJOR = agent_pb2.PROTOCOL_VERSION_MAJOR
 PROTOCOL_MINOR = agent_pb2.PROTOCOL_VERSION_MINOR
 #: Environment variable holding the agent token when neither token nor token_file is given.
-TOKEN_ENV = "DFLARE_TOKEN"
 
 #: One batch of 256 images on a slow delegate stays well under a minute.
 DEFAULT_RPC_TIMEOUT_S = 60.0
@@ -85,25 +85,6 @@ _DTYPE_BY_ENUM = {
     agent_pb2.DATA_TYPE_FLOAT64: "float64",
 }
 _ENUM_BY_DTYPE = {name: value for value, name in _DTYPE_BY_ENUM.items()}
-
-
-def resolve_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
-    """The token from the argument, else the file, else ``$DFLARE_TOKEN``, else None.
-
-    Raises:
-        ConfigError: the token file cannot be read or is empty.
-    """
-    if token:
-        return token.strip()
-    if token_file is not None:
-        try:
-            text = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
-        if not text:
-            raise ConfigError(f"token file {token_file} is empty")
-        return text
-    return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
 def parse_uri(uri: str) -> tuple[str, int]:

@@ -18,7 +18,8 @@ from device_agent.errors import (
 )
 from device_agent.server import AgentConfig, is_loopback, run_server, status_for
 from host.errors import AuthenticationError
-from host.targets.remote import RemoteTarget, parse_uri, resolve_token
+from host.targets.options import resolve_token
+from host.targets.remote import RemoteTarget, parse_uri
 
 
 @pytest.mark.parametrize("error, code", [
