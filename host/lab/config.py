@@ -83,7 +83,7 @@ class ModelPair:
 
 
 @dataclass(frozen=True)
-class Budget:
+class CombinationBudget:
     """What one combination spends: seeds, search budget, latency runs."""
 
     algo: str = "dflare"
@@ -127,7 +127,7 @@ class LabConfig:
     backoff_s: float = DEFAULT_BACKOFF_S
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     token_file: Path | None = None
-    budget: Budget = field(default_factory=Budget)
+    budget: CombinationBudget = field(default_factory=CombinationBudget)
     health: HealthCheck | None = None
     latency_ratio: float = DEFAULT_LATENCY_RATIO
     latency_min_delta_ms: float = DEFAULT_LATENCY_MIN_DELTA_MS
@@ -288,7 +288,7 @@ class _LabParser:
                                     self.path_value(table["seeds"], f"{where}.seeds")))
         return tuple(models)
 
-    def parse_budget(self) -> Budget:
+    def parse_budget(self) -> CombinationBudget:
         table = self.data.get("budget", {})
         self.keys(table, ("algo", "seeds", "max_queries", "timeout_s", "rng_seed", "latency_runs", "batch_size"),
                   "[budget]")
@@ -297,7 +297,7 @@ class _LabParser:
 
         if algo not in ALGORITHMS:
             raise self.fail("[budget].algo", f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-        budget = Budget(
+        budget = CombinationBudget(
             algo=algo,
             seeds=self.number(table, "seeds", "[budget]", 20, int, 1),
             max_queries=self.number(table, "max_queries", "[budget]", 500, int, 0),

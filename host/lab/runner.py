@@ -315,13 +315,13 @@ class LabRunner:
         return row, seeds
 
     def _search(self, original, compressed, x: np.ndarray, y: np.ndarray | None) -> list:
-        from host.search import Budget as SearchBudget
+        from host.search import Budget
         from host.search import run as search_run
 
         budget = self.config.budget
         labels = None if y is None else [int(v) for v in y]
         return list(search_run(original, compressed, x, algo=budget.algo,
-                               budget=SearchBudget(max_queries=budget.max_queries, max_seconds=budget.timeout_s),
+                               budget=Budget(max_queries=budget.max_queries, max_seconds=budget.timeout_s),
                                rng_seed=budget.rng_seed, labels=labels))
 
     # -- records ------------------------------------------------------------------------------

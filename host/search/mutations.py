@@ -62,6 +62,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from host.errors import Error
 from host.search.results import MutationStep
 
 #: Operator names, in the order the original code lists them (MH ranks index into this tuple).
@@ -124,8 +125,9 @@ _NORMAL_KINDS: tuple[str, ...] = ("boxmuller", "quantile16")
 _NOISE_SEED_BOUND: int = 2**63
 
 
-class MutationError(ValueError):
-    """A step names an unknown operator or carries parameters that do not fit the image."""
+class MutationError(Error):
+    """A step names an unknown operator or carries parameters that do not fit the image (bad input, e.g. a
+    hand-edited or foreign trace: part of the one error tree, so the CLI reports it as bad input)."""
 
 
 # --------------------------------------------------------------------------------------------
