@@ -102,6 +102,10 @@ class CampaignError(Error):
     """A campaign cannot start or resume (e.g. its stored config differs)."""
 
 
+class OutputDirError(ConfigError):
+    """The ``--out`` directory cannot be created or written (a file, a read-only filesystem; exit code 2)."""
+
+
 class HealthCheckError(TargetError):
     """A lab device failed its health check (golden outputs differ from the recorded ones); it is taken out."""
 
