@@ -21,73 +21,47 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from host.campaign.config import (
-    DEFAULT_MAX_QUERIES,
-    DEFAULT_MINIMIZE_MAX_QUERIES,
-    DEFAULT_RERUNS,
     CampaignConfig,
+    setting_fields,
 )
 from host.campaign.progress import LogProgress, RichProgress, default_progress
 from host.campaign.runner import CampaignOutcome, CampaignRunner, SearchFn
 from host.exit_codes import ExitCode
 from host.report.summary import json_view
-from host.search import ALGORITHMS
 
 #: Flags that are not campaign settings (everything else maps 1:1 onto a CampaignConfig field).
 _CONTROL_FLAGS = ("config", "force_new", "json", "progress")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add every ``dflare run`` flag to a parser."""
+    """Add every ``dflare run`` flag to a parser: the control flags, then one per campaign setting."""
     p.add_argument("--config", type=Path, metavar="TOML", help="campaign file with the same settings (flags win)")
-    p.add_argument("--original", type=Path, help="the original (float) .tflite model")
-    p.add_argument("--compressed", type=Path, help="the compressed .tflite model under test")
-    p.add_argument("--seeds", type=Path, help=".npz with x (uint8 NHWC) and optional y, or a folder of PNG/JPEG")
-    p.add_argument("--target", metavar="URI", help="where the compressed model runs: local: (default), "
-                   "grpc://HOST:PORT, adb://SERIAL; options as URI,delegate=D,threads=N")
-    p.add_argument("--reference-target", metavar="URI", help="where the original model runs (default local:)")
-    p.add_argument("--algo", choices=ALGORITHMS, help="search algorithm (default dflare)")
-    p.add_argument("--max-queries", type=int, metavar="N",
-                   help=f"query budget per seed (default {DEFAULT_MAX_QUERIES})")
-    p.add_argument("--timeout-s", type=float, metavar="S", help="time budget per seed in seconds")
-    p.add_argument("--seed", type=int, metavar="N", help="random seed of the campaign (default 0)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default dflare-out); rerun to resume")
+    for f in setting_fields():
+        p.add_argument("--" + f.name.replace("_", "-"), **_flag_options(f))
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    p.add_argument("--delegate", metavar="D", help="the compressed model's delegate: xnnpack (default: TFLite's own "
-                   "CPU path), cpu (builtin kernels), ref, gpu, nnapi, external:/path/lib.so")
-    p.add_argument("--reference-delegate", metavar="D", help="the original model's delegate (default xnnpack)")
-    p.add_argument("--threads", type=int, metavar="N", help="interpreter threads for both models")
-    p.add_argument("--mutation-threads", type=int, metavar="N",
-                   help="host threads for a step's mutations (default: one per CPU, at most 8; only batches of "
-                   "large images split; the results are the same)")
-    p.add_argument("--mean", type=float, nargs="+", help="per-channel mean, overriding the model's metadata")
-    p.add_argument("--std", type=float, nargs="+", help="per-channel std, overriding the model's metadata")
-    p.add_argument("--scale", type=float, help="pixel scale (input = pixel * scale), overriding the metadata")
-    p.add_argument("--resize", action="store_true", default=None,
-                   help="resize folder images to the model's input size (else another size is an error)")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N seeds")
-    p.add_argument("--reruns", type=int, metavar="N",
-                   help=f"re-runs confirming each triggering input (default {DEFAULT_RERUNS})")
-    p.add_argument("--token-file", type=Path, metavar="F", help="agent token for grpc:// targets (else $DFLARE_TOKEN)")
-    p.add_argument("--connect-timeout-s", type=float, metavar="S",
-                   help="how long to wait for an agent to answer before giving up (exit code 3)")
     p.add_argument("--force-new", action="store_true",
                    help="if --out holds a campaign with other settings, archive it and start over")
-    p.add_argument("--fail-on-deviation", action="store_true", default=None,
-                   help="exit with code 1 when a triggering input is found (for CI gates)")
-    p.add_argument("--minimize", action=argparse.BooleanOptionalAction, default=None,
-                   help="shrink each triggering input toward its seed while it still triggers (default on; the raw "
-                   "and the minimized input are both stored)")
-    p.add_argument("--minimize-max-queries", type=int, metavar="N",
-                   help=f"minimization queries per triggering input (default {DEFAULT_MINIMIZE_MAX_QUERIES})")
-    p.add_argument("--max-linf", type=int, metavar="N",
-                   help="keep every searched input within N grey levels of its seed (mutants are clipped back)")
-    p.add_argument("--min-ssim", type=float, metavar="X",
-                   help="reject mutants whose SSIM to their seed is below X (each rejection costs 2 queries)")
-    p.add_argument("--ignore-ties", action="store_true", default=None,
-                   help="count a deviation only when both models' top-1 labels are unique (an int8 output often "
-                   "ties two classes, and argmax then picks the lower one)")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress display: a bar on a terminal, log lines otherwise (auto)")
+
+
+def _flag_options(f: dataclasses.Field) -> dict[str, Any]:
+    """argparse options for one setting. Every default is None ("not given"), so a flag left out never
+    overrides the campaign file; the setting's own default applies when neither gives it."""
+    meta = f.metadata
+    options: dict[str, Any] = {"help": meta["help"], "default": None}
+    if meta["metavar"]:
+        options["metavar"] = meta["metavar"]
+    kind = meta["kind"]
+    if kind == "bool":
+        options["action"] = argparse.BooleanOptionalAction if meta["toggle"] else "store_true"
+    elif kind == "floats":
+        options["nargs"] = "+"  # strings: the config splits "1,2,3" and names a bad value
+    else:
+        options["type"] = {"path": Path, "int": int, "float": float, "str": str}[kind]
+    if meta["choices"]:
+        options["choices"] = meta["choices"]
+    return options
 
 
 def config_from_args(args: argparse.Namespace) -> CampaignConfig:

@@ -31,14 +31,6 @@ from host.search.engine import DEFAULT_MAX_QUERIES, MIN_VERIFY_RUNS
 from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
 from host.toml_file import read_toml
 
-#: Fields that do not change what a campaign computes, so resuming with other values is allowed:
-#: where files live (their contents are compared by digest), where output goes, credentials, and
-#: what the exit code does.
-#: Minimization runs after the search and never changes its results, so it may change on resume too;
-#: nor do the host threads that mutate a step's candidates.
-NON_IDENTITY_FIELDS = frozenset({"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
-                                 "connect_timeout_s", "minimize", "minimize_max_queries", "mutation_threads"})
-
 #: Identity fields added after campaign directories were written, with their defaults: a campaign
 #: at the default keeps the identity it had before the field existed.
 LATER_FIELD_DEFAULTS: dict[str, Any] = {"ignore_ties": False}
@@ -46,77 +38,97 @@ LATER_FIELD_DEFAULTS: dict[str, Any] = {"ignore_ties": False}
 #: Minimization queries per triggering input (``host.search.minimize.MAX_MINIMIZE_QUERIES``).
 DEFAULT_MINIMIZE_MAX_QUERIES = 2000
 
-_PATH_FIELDS = ("original", "compressed", "seeds", "out", "token_file")
+#: How a setting's TOML/flag value is read: the field's kind (see ``_coerce``).
+KINDS = ("path", "int", "float", "floats", "bool", "str")
+
+
+def setting(kind: str, help: str, default: Any = dataclasses.MISSING, identity: bool = True,
+            metavar: str | None = None, toggle: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a campaign setting once: its kind, its ``--flag`` help, and whether it is part of the identity.
+
+    The field name is the TOML key and, with dashes, the flag (``max_queries`` -> ``--max-queries``).
+
+    Args:
+        kind: one of :data:`KINDS`; ``floats`` accepts ``--mean 1 2 3``, ``--mean 1,2,3`` and TOML lists.
+        help: the flag's help text.
+        default: the value when neither the file nor a flag gives one (none: required).
+        identity: the setting changes what the campaign computes, so a resume with another value is refused.
+            Not: where files live (their contents are compared by digest), where output goes,
+            credentials, what the exit code does, minimization (after the search, never changes it) and
+            the host threads that mutate a step's candidates.
+        metavar: the flag's value name in ``--help``.
+        toggle: a boolean that has ``--x`` and ``--no-x`` (else a bool is a plain ``--x`` switch).
+        choices: the values a ``str`` setting may take (checked by argparse too).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown setting kind {kind!r}")
+    metadata = {"kind": kind, "help": help, "identity": identity, "metavar": metavar, "toggle": toggle,
+                "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class CampaignConfig:
-    """Everything ``dflare run`` needs; field names match the flags (``--max-queries`` -> ``max_queries``).
+    """Everything ``dflare run`` needs, each setting declared once with :func:`setting`.
 
-    Attributes:
-        original: the original (float) .tflite model.
-        compressed: the compressed .tflite model under test.
-        seeds: an .npz with ``x`` (uint8 NHWC) and optional ``y``, or a folder of PNG/JPEG images.
-        target: where the compressed model runs (``local:``, ``grpc://HOST:PORT``, ``adb://SERIAL``); the
-            sources also accept ``dflare compare``'s ``URI,delegate=D,threads=N`` form.
-        reference_target: where the original model runs.
-        algo: the search algorithm.
-        max_queries: per-seed query budget (one image through one model = one query); ``None``: unlimited.
-        timeout_s: per-seed time budget in seconds; ``None``: unlimited.
-        seed: the random seed of the whole campaign.
-        out: the output directory (store, artifacts, reports).
-        delegate: the compressed model's delegate on ``target``.
-        reference_delegate: the original model's delegate on ``reference_target``.
-        threads: interpreter threads for both models (``None``: the runtime's default).
-        mutation_threads: host threads a step's mutations may be split over (``None``: one per CPU, at
-            most 8); only batches of large images split, and the results are the same.
-        mean: per-channel mean for preprocessing, overriding model metadata.
-        std: per-channel std for preprocessing, overriding model metadata.
-        scale: shorthand for ``mean=0, std=1/scale`` (e.g. ``scale = 0.00392156`` maps 0..255 to 0..1).
-        resize: resize folder images to the model's input size instead of rejecting other sizes.
-        limit: search only the first N seeds of the file or folder.
-        reruns: re-runs that confirm a triggering input.
-        token_file: a file holding the agent's token (else ``$DFLARE_TOKEN``).
-        connect_timeout_s: how long to wait for an agent to answer (``None``: the client's default).
-        fail_on_deviation: exit with code 1 when a triggering input was found (for CI gates).
-        minimize: shrink each triggering input toward its seed after the search (stored next to the raw one).
-        minimize_max_queries: minimization query budget per triggering input (counted apart from the search).
-        max_linf: keep every searched input within this many grey levels of its seed (projection); ``None``: off.
-        min_ssim: reject mutants whose SSIM to their seed is below this; ``None``: off.
-        ignore_ties: count a deviation only when both models' top-1 labels are unique (an int8 output
-            often ties two classes, and argmax then picks the lower one); default: DFlare's criterion.
+    A field's name is its TOML key and, with dashes, its ``dflare run`` flag; its metadata holds its
+    kind, its help text and whether it belongs to the campaign's identity. ``target`` and
+    ``reference_target`` also accept ``dflare compare``'s ``URI,delegate=D,threads=N`` form.
+    A query is one image through one model; ``max_queries`` counts them per seed.
     """
 
-    original: Path
-    compressed: Path
-    seeds: Path
-    target: str = "local:"
-    reference_target: str = "local:"
-    algo: str = "dflare"
-    max_queries: int | None = DEFAULT_MAX_QUERIES
-    timeout_s: float | None = None
-    seed: int = 0
-    out: Path = Path("dflare-out")
+    original: Path = setting("path", "the original (float) .tflite model", identity=False)
+    compressed: Path = setting("path", "the compressed .tflite model under test", identity=False)
+    seeds: Path = setting("path", ".npz with x (uint8 NHWC) and optional y, or a folder of PNG/JPEG",
+                          identity=False)
+    target: str = setting("str", "where the compressed model runs: local: (default), grpc://HOST:PORT, "
+                          "adb://SERIAL; options as URI,delegate=D,threads=N", "local:", metavar="URI")
+    reference_target: str = setting("str", "where the original model runs (default local:)", "local:",
+                                    metavar="URI")
+    algo: str = setting("str", "search algorithm (default dflare)", "dflare", choices=ALGORITHMS)
+    max_queries: int | None = setting("int", f"query budget per seed (default {DEFAULT_MAX_QUERIES})",
+                                      DEFAULT_MAX_QUERIES, metavar="N")
+    timeout_s: float | None = setting("float", "time budget per seed in seconds", None, metavar="S")
+    seed: int = setting("int", "random seed of the campaign (default 0)", 0, metavar="N")
+    out: Path = setting("path", "output directory (default dflare-out); rerun to resume", Path("dflare-out"),
+                        identity=False, metavar="DIR")
     # XNNPACK: TFLite's default CPU path, and batch-invariant, so a seed's search is the same in a
     # batch as alone (the builtin "cpu" kernels round float rows by their position in the batch).
-    delegate: str = "xnnpack"
-    reference_delegate: str = "xnnpack"
-    threads: int | None = None
-    mutation_threads: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float | None = None
-    resize: bool = False
-    limit: int | None = None
-    reruns: int = DEFAULT_RERUNS
-    token_file: Path | None = None
-    connect_timeout_s: float | None = None
-    fail_on_deviation: bool = field(default=False)
-    minimize: bool = True
-    minimize_max_queries: int = DEFAULT_MINIMIZE_MAX_QUERIES
-    max_linf: int | None = None
-    min_ssim: float | None = None
-    ignore_ties: bool = False
+    delegate: str = setting("str", "the compressed model's delegate: xnnpack (default: TFLite's own CPU path), "
+                            "cpu (builtin kernels), ref, gpu, nnapi, external:/path/lib.so", "xnnpack", metavar="D")
+    reference_delegate: str = setting("str", "the original model's delegate (default xnnpack)", "xnnpack",
+                                      metavar="D")
+    threads: int | None = setting("int", "interpreter threads for both models", None, metavar="N")
+    mutation_threads: int | None = setting(
+        "int", "host threads for a step's mutations (default: one per CPU, at most 8; only batches of large "
+        "images split; the results are the same)", None, identity=False, metavar="N")
+    mean: tuple[float, ...] | None = setting("floats", "per-channel mean, overriding the model's metadata "
+                                             "(1 2 3 or 1,2,3)", None)
+    std: tuple[float, ...] | None = setting("floats", "per-channel std, overriding the model's metadata", None)
+    scale: float | None = setting("float", "pixel scale (input = pixel * scale), overriding the metadata", None)
+    resize: bool = setting("bool", "resize folder images to the model's input size (else another size is an "
+                           "error)", False)
+    limit: int | None = setting("int", "use only the first N seeds", None, metavar="N")
+    reruns: int = setting("int", f"re-runs confirming each triggering input (default {DEFAULT_RERUNS})",
+                          DEFAULT_RERUNS, metavar="N")
+    token_file: Path | None = setting("path", "agent token for grpc:// targets (else $DFLARE_TOKEN)", None,
+                                      identity=False, metavar="F")
+    connect_timeout_s: float | None = setting("float", "how long to wait for an agent to answer before giving up "
+                                              "(exit code 3)", None, identity=False, metavar="S")
+    fail_on_deviation: bool = setting("bool", "exit with code 1 when a triggering input is found (for CI gates)",
+                                      False, identity=False)
+    minimize: bool = setting("bool", "shrink each triggering input toward its seed while it still triggers "
+                             "(default on; the raw and the minimized input are both stored)", True, identity=False,
+                             toggle=True)
+    minimize_max_queries: int = setting("int", "minimization queries per triggering input (default "
+                                        f"{DEFAULT_MINIMIZE_MAX_QUERIES})", DEFAULT_MINIMIZE_MAX_QUERIES,
+                                        identity=False, metavar="N")
+    max_linf: int | None = setting("int", "keep every searched input within N grey levels of its seed (mutants "
+                                   "are clipped back)", None, metavar="N")
+    min_ssim: float | None = setting("float", "reject mutants whose SSIM to their seed is below X (each rejection "
+                                     "costs 2 queries)", None, metavar="X")
+    ignore_ties: bool = setting("bool", "count a deviation only when both models' top-1 labels are unique (an int8 "
+                                "output often ties two classes, and argmax then picks the lower one)", False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -185,6 +197,17 @@ class CampaignConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: The settings by name, each declared once above with :func:`setting`.
+_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(CampaignConfig)}
+#: Settings that may change on resume (see ``setting``'s ``identity``).
+NON_IDENTITY_FIELDS = frozenset(name for name, f in _FIELDS.items() if not f.metadata["identity"])
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    """Every campaign setting in declaration order (the CLI builds its flags from them)."""
+    return list(_FIELDS.values())
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a campaign TOML file into field values, resolving relative paths against the file's folder.
 
@@ -197,7 +220,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = _field_name(key, f"key in {path}")
-        if name in _PATH_FIELDS and isinstance(value, str) and not Path(value).is_absolute():
+        if _FIELDS[name].metadata["kind"] == "path" and isinstance(value, str) and not Path(value).is_absolute():
             value = str(path.parent / value)
         values[name] = value
     return values
@@ -220,7 +243,7 @@ def _split_target_specs(values: dict[str, Any]) -> None:
 
 
 def _field_name(key: str, where: str) -> str:
-    names = [f.name for f in dataclasses.fields(CampaignConfig)]
+    names = list(_FIELDS)
     name = key.replace("-", "_")
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
@@ -230,38 +253,35 @@ def _field_name(key: str, where: str) -> str:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Convert TOML/flag values to the field's type, naming the field on failure."""
+    """Convert a TOML/flag value to the field's declared kind, naming the field on failure."""
+    kind = _FIELDS[name].metadata["kind"]
     try:
-        if name in _PATH_FIELDS:
+        if kind == "path":
             if not isinstance(value, (str, Path)):
                 raise TypeError("expected a path")
             return Path(value)
-        if name in ("max_queries", "threads", "mutation_threads", "limit", "reruns", "seed", "minimize_max_queries",
-                    "max_linf"):
+        if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError("expected an integer")
             return int(value)
-        if name in ("timeout_s", "scale", "connect_timeout_s", "min_ssim"):
+        if kind == "float":
             if isinstance(value, bool):
                 raise TypeError("expected a number")
             return float(value)
-        if name in ("mean", "std"):
+        if kind == "floats":  # 0.5 | "1,2,3" | "1 2 3" | [1, 2, 3] | ["1,2", "3"] (flags as TFLite's tools give them)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return (float(value),)
-            if isinstance(value, str):
-                return tuple(float(v) for v in value.replace(",", " ").split())
-            return tuple(float(v) for v in value)
-        if name in ("resize", "fail_on_deviation", "minimize", "ignore_ties"):
+            parts = [value] if isinstance(value, str) else list(value)
+            return tuple(float(v) for part in parts for v in str(part).replace(",", " ").split())
+        if kind == "bool":
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value
-        if name in ("target", "reference_target", "algo", "delegate", "reference_delegate"):
-            if not isinstance(value, str):
-                raise TypeError("expected a string")
-            return value
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"campaign setting {name}: {exc} (got {value!r})") from None
-    return value
 
 
 def _validate(cfg: CampaignConfig) -> None:

@@ -91,3 +91,25 @@ def test_errors_a_person_can_act_on(tmp_path: Path, capsys: pytest.CaptureFixtur
     uri = f"grpc://127.0.0.1:{_free_port()}"
     code, err = run("--target", uri, "--connect-timeout-s", "1")
     assert code == 3 and uri in err and "no agent answered" in err
+
+
+def test_list_flags_take_spaces_or_commas_as_tflites_tools_do(tmp_path: Path) -> None:
+    common = ["--original", "o.tflite", "--compressed", "c.tflite", "--seeds", "s.npz"]
+    spaced = config_from_args(parse([*common, "--mean", "127.5", "127.5", "127.5", "--std", "58", "57", "57.5"]))
+    commas = config_from_args(parse([*common, "--mean", "127.5,127.5,127.5", "--std", "58,57", "57.5"]))
+    assert spaced.mean == commas.mean == (127.5, 127.5, 127.5)
+    assert spaced.std == commas.std == (58.0, 57.0, 57.5)
+    with pytest.raises(ConfigError, match="campaign setting mean"):
+        config_from_args(parse([*common, "--mean", "1,x"]))
+
+
+def test_every_setting_has_one_flag_and_the_identity_is_unchanged() -> None:
+    from host.campaign.config import NON_IDENTITY_FIELDS, setting_fields
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in setting_fields()} <= flags
+    # Stores written by earlier versions resume only while this set stays as it was.
+    assert NON_IDENTITY_FIELDS == {"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
+                                   "connect_timeout_s", "minimize", "minimize_max_queries", "mutation_threads"}
