@@ -111,5 +111,6 @@ def test_every_setting_has_one_flag_and_the_identity_is_unchanged() -> None:
     flags = {a.dest for a in parser._actions}
     assert {f.name for f in setting_fields()} <= flags
     # Stores written by earlier versions resume only while this set stays as it was.
-    assert NON_IDENTITY_FIELDS == {"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation",
-                                   "connect_timeout_s", "minimize", "minimize_max_queries", "mutation_threads"}
+    expected = {"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation", "connect_timeout_s",
+                "minimize", "minimize_max_queries", "mutation_threads"}
+    assert expected == NON_IDENTITY_FIELDS
