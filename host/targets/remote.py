@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 DEFAULT_IN_FLIGHT = 4
 #: When unloading at close, do not wait long for an agent that has gone away.
 _CLOSE_TIMEOUT_S = 5.0
+#: Longest wait for the TCP probe that tells a refused port (no agent: fail at once) from a slow one.
+_PROBE_TIMEOUT_S = 2.0
 
 _DTYPE_BY_ENUM = {
     agent_pb2.DATA_TYPE_UINT8: "uint8",
@@ -357,6 +360,13 @@ class RemoteTarget:
                 channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options)
             else:
                 channel = grpc.insecure_channel(target, options=options)
+            refused = self._refused()
+            if refused is not None:
+                channel.close()
+                raise TargetUnreachableError(
+                    self, f"nothing listens at {target} ({refused.strerror or 'connection refused'}); start the agent "
+                          f"with `dflare-agent serve --port {self.port}` (or check the port forward)"
+                ) from None
             try:
                 grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
             except grpc.FutureTimeoutError:
@@ -375,6 +385,22 @@ class RemoteTarget:
                       f"{info.agent_version}) but this host speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; install the "
                       "same dflare-edge version on both sides")
         return self._stub
+
+    def _refused(self) -> OSError | None:
+        """Probe the agent's port once; the error when the connection is refused, else None.
+
+        A refused connection means nothing listens there now: waiting ``connect_timeout_s`` for
+        gRPC to give up would only delay the same answer. A probe that times out or fails another
+        way (a slow link, a port forward still coming up) leaves the decision to gRPC's own wait.
+        """
+        try:
+            with socket.create_connection((self.host, self.port), timeout=min(self.connect_timeout_s,
+                                                                               _PROBE_TIMEOUT_S)):
+                return None
+        except ConnectionRefusedError as exc:
+            return exc
+        except OSError:
+            return None
 
     def _device_info_message(self) -> agent_pb2.DeviceInfo:
         info = self._invoke("GetDeviceInfo", agent_pb2.GetDeviceInfoRequest(), self.rpc_timeout_s,
