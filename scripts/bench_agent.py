@@ -30,9 +30,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_agent.cpu_affinity import parse_cpu_list, pin_agent_beside_workers  # noqa: E402
+from host.deploy.loopback import AgentProcess, launch_agent  # noqa: E402
 from host.targets import LocalTarget, ModelSpec  # noqa: E402
 from host.targets.remote import RemoteTarget  # noqa: E402
 
@@ -64,8 +62,6 @@ MIN_STREAM_BATCHES = 16
 STREAM_SECONDS = 0.1
 #: Images per measured call loop at least, so batch 1 is timed over many calls.
 MIN_IMAGES_PER_ROUND = 256
-#: Agent start-up (imports numpy, grpc, the runtime) on a busy machine.
-AGENT_STARTUP_TIMEOUT_S = 60.0
 
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -95,26 +91,9 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def start_agent(workdir: Path, worker_cpus: str = "") -> tuple[subprocess.Popen, str, str]:
-    token = secrets.token_hex(16)
-    (workdir / "token").write_text(token)
-    log = open(workdir / "agent.log", "wb")  # noqa: SIM115 - closed with the process
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "device_agent", "serve", "--port", "0", "--token-file", str(workdir / "token"),
-         "--cache-dir", str(workdir / "cache"), "--log-level", "WARNING",
-         *(["--worker-cpus", worker_cpus] if worker_cpus else [])],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + AGENT_STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on (\S+):(\d+)", (workdir / "agent.log").read_text())
-        if match:
-            return process, f"grpc://{match.group(1)}:{match.group(2)}", token
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"the agent did not start:\n{(workdir / 'agent.log').read_text()}")
+def start_agent(workdir: Path, worker_cpus: str = "") -> AgentProcess:
+    """The package's launcher (``host.deploy.loopback``), quiet, with ``--worker-cpus`` when given."""
+    return launch_agent(workdir, *(["--worker-cpus", worker_cpus] if worker_cpus else []), log_level="WARNING")
 
 
 def images_for(model: Path, n: int) -> np.ndarray:
@@ -254,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no fixture models in {MODELS_DIR} (make fixtures)")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        process, uri, token = start_agent(Path(tmp), args.worker_cpus)
+        agent = start_agent(Path(tmp), args.worker_cpus)
+        process, uri, token = agent.process, agent.uri, agent.token
         if args.worker_cpus:  # after the agent started: it must still see the workers' CPUs
             pin_agent_beside_workers(parse_cpu_list(args.worker_cpus))
         try:
@@ -266,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not args.json:
                         print(f"measured {model.stem}", file=sys.stderr)
         finally:
-            process.terminate()
-            process.wait(30)
+            agent.stop()
     if args.json:
         print(json.dumps(rows))
     else:

@@ -75,11 +75,11 @@ def campaign(original, compressed, pair, max_queries: int) -> dict:
 
 
 def _agent_sessions(pair_name: str, n_seeds: int, workdir: Path):
-    from bench_agent import start_agent
-
+    from host.deploy.loopback import launch_agent
     from host.targets.remote import RemoteTarget
 
-    process, uri, token = start_agent(workdir)
+    agent = launch_agent(workdir, log_level="WARNING")
+    process, uri, token = agent, agent.uri, agent.token
     target = RemoteTarget(uri, token=token)
     remote_pair = load_pair(pair_name, n_seeds, target=target)
     return process, target, remote_pair
@@ -103,8 +103,7 @@ def measure_pair(name: str, args: argparse.Namespace) -> dict:
             if target is not None:
                 target.close()
             if process is not None:
-                process.terminate()
-                process.wait(30)
+                process.stop()
     row = {"pair": name, "seeds": args.seeds, **floor, "modes": {}}
     for mode, runs in rounds.items():
         if not runs:

@@ -35,7 +35,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -53,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_search import machine  # noqa: E402
+
+from host.deploy.loopback import AgentProcess, launch_agent  # noqa: E402
 
 #: A USB 2 adb forward (about 5 MB/s measured here through tbf at 40 Mbit/s) and adb over Wi-Fi.
 DEFAULT_RATES_MBIT = (40.0, 10.0)
@@ -77,18 +78,11 @@ MIN_BURST_BYTES = 4096
 #: back rather than drop, so the queue is long: with 100 ms a bulk 8 MB transfer at 10 Mbit/s lost 74
 #: packets here, with 1000 ms none. Each row reports the qdiscs' drops.
 TBF_LATENCY_MS = 1000
-#: Importing numpy, grpc and the TFLite runtime on 2 busy cores can take several seconds.
-AGENT_STARTUP_TIMEOUT_S = 60.0
-#: SIGTERM lets in-flight calls finish (device_agent.server.SHUTDOWN_GRACE_S = 10 s), then SIGKILL.
-AGENT_STOP_TIMEOUT_S = 20.0
 #: One Infer call of a 224x224x3 step at 10 Mbit/s: tens of images of 150 KB, a few seconds each way.
 RPC_TIMEOUT_S = 300.0
 LOOPBACK = "loopback"
 #: Seeds run once through every session before the first timed campaign (first-call costs).
 WARM_UP_IMAGES = 4
-
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
 
 class LinkError(Exception):
     """The rate-limited link could not be set up (no root, no iproute2, a command failed)."""
@@ -287,58 +281,14 @@ class Link:
 # -- the agent ------------------------------------------------------------------------------
 
 
-@dataclass
-class Agent:
-    process: subprocess.Popen
-    uri: str
-    token: str
-    log_path: Path
-
-    def stop(self) -> None:
-        """SIGTERM, wait, SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(AGENT_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(AGENT_STOP_TIMEOUT_S)
-
-
-def start_agent(workdir: Path, host: str, netns: str | None = None) -> Agent:
+def start_agent(workdir: Path, host: str, netns: str | None = None) -> AgentProcess:
     """``dflare-agent serve`` on ``host`` (inside ``netns`` when given), with a token, a free port.
 
     Raises:
-        RuntimeError: it exited or did not listen within AGENT_STARTUP_TIMEOUT_S (with its log).
+        RuntimeError: it exited or did not listen in time (with its log).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    token_file = workdir / "token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    log_path = workdir / "agent.log"
-    command = [sys.executable, "-m", "device_agent", "serve", "--host", host, "--port", "0", "--token-file",
-               str(token_file), "--cache-dir", str(workdir / "cache"), "--log-level", "WARNING"]
-    if netns:
-        command = ["ip", "netns", "exec", netns, *command]  # exec's the agent: the pid is the agent's
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=str(workdir))
-    agent = Agent(process, "", token, log_path)
-    deadline = time.monotonic() + AGENT_STARTUP_TIMEOUT_S
-    try:
-        while True:
-            match = _LISTENING.search(log_path.read_text(errors="replace"))
-            if match:
-                agent.uri = f"grpc://{match.group(1)}:{match.group(2)}"
-                return agent
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the agent on {host} did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
-    except BaseException:
-        agent.stop()
-        raise
+    prefix = ["ip", "netns", "exec", netns] if netns else []  # exec's the agent: the pid is the agent's
+    return launch_agent(workdir, host=host, prefix=prefix, log_level="WARNING")
 
 
 class CountingSession:
@@ -478,12 +428,12 @@ def finish_row(size: int, link_name: str, rate_mbit: float | None, runs: list[di
             "wire_share": wire_share(wire, rate_mbit, run["wall_s"])}
 
 
-def measure_size(workload: Workload, args: argparse.Namespace, local_agent: Agent, link_agent: Agent,
+def measure_size(workload: Workload, args: argparse.Namespace, local_agent: AgentProcess, link_agent: AgentProcess,
                  link: Link) -> list[dict]:
     """Loopback, then each rate, ``args.repeat`` alternating rounds; one row per link."""
     from host.targets.remote import RemoteTarget
 
-    links: list[tuple[str, float | None, Agent]] = [(LOOPBACK, None, local_agent)]
+    links: list[tuple[str, float | None, AgentProcess]] = [(LOOPBACK, None, local_agent)]
     links += [(f"{rate:g} Mbit/s", rate, link_agent) for rate in args.rates]
     targets = {name: RemoteTarget(agent.uri, token=agent.token, rpc_timeout_s=RPC_TIMEOUT_S)
                for name, _, agent in links}

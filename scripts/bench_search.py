@@ -122,12 +122,12 @@ def _through_agent(original, seeds, indices, args: argparse.Namespace) -> list[d
     """
     import tempfile
 
-    from bench_agent import start_agent  # the agent launcher of scripts/bench_agent.py
-
+    from host.deploy.loopback import launch_agent
     from host.targets.remote import RemoteTarget
 
     with tempfile.TemporaryDirectory(prefix="bench-search-agent-") as tmp:
-        process, uri, token = start_agent(Path(tmp))
+        agent = launch_agent(Path(tmp), log_level="WARNING")
+        uri, token = agent.uri, agent.token
         try:
             with RemoteTarget(uri, token=token) as target:
                 compressed = target.load(ModelSpec.from_path(
@@ -144,8 +144,7 @@ def _through_agent(original, seeds, indices, args: argparse.Namespace) -> list[d
                         sequential["seconds_per_trigger"] / batched["seconds_per_trigger"])
                 return [batched, sequential]
         finally:
-            process.terminate()
-            process.wait(30)
+            agent.stop()
 
 
 def pooled(runs: list[dict]) -> dict:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from host.cli import main as dflare  # noqa: E402
-from tests.agent_support import start_agent  # noqa: E402
+from host.deploy.loopback import start_agent  # noqa: E402
 
 MODELS = ROOT / "tests" / "fixtures" / "models"
 SEEDS = ROOT / "tests" / "fixtures" / "seeds" / "digits28.npz"

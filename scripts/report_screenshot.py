@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from host.cli import main as dflare  # noqa: E402
-from tests.agent_support import start_agent  # noqa: E402
+from host.deploy.loopback import start_agent  # noqa: E402
 from tests.chromium import render  # noqa: E402
 
 #: Tall enough to show the header, the summary, the plots, the analysis and the first gallery entries.
