@@ -57,7 +57,7 @@ from host.errors import ConfigError
 #: The platform this runtime is built for (``host.deploy.bundle.PLATFORMS``).
 PLATFORM = "android-arm64"
 #: Bump when the layout or the trimming changes: part of the tree, so of the cache key.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 #: Debian release and packages: Python 3.11 is bookworm's, and matches the host's .pyc format.
 SUITE = "bookworm"
 DEBIAN_PACKAGES = ("libc6", "python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "libgcc-s1", "zlib1g")
@@ -83,8 +83,10 @@ STDLIB_EXCLUDE = frozenset({
     "dist-packages", "__phello__",
 })
 #: Extension modules of lib-dynload left out (prefixes): test modules, terminals, databases, audio.
+#: _ssl and _hashlib go too (they pull in OpenSSL, 5.5 MB): gRPC brings its own TLS, and hashlib falls back
+#: to the interpreter's built-in _sha256 for the model cache's digests.
 DYNLOAD_EXCLUDE_PREFIXES = ("_test", "_ctypes_test", "_xx", "xxlimited", "_curses", "readline", "_dbm", "_gdbm",
-                            "nis", "ossaudiodev", "audioop", "_sqlite3", "_tkinter", "_crypt")
+                            "nis", "ossaudiodev", "audioop", "_sqlite3", "_tkinter", "_crypt", "_ssl", "_hashlib")
 #: Wheel contents left out: directory names anywhere, and paths under site/ (prefixes).
 WHEEL_EXCLUDE_DIRS = frozenset({"tests", "__pycache__", "include", "f2py", "_pyinstaller"})
 WHEEL_EXCLUDE_PATHS = (
@@ -96,6 +98,9 @@ WHEEL_EXCLUDE_PATHS = (
     "ai_edge_litert/vendors/", "ai_edge_litert/_pywrap_litert_converter.so",
     "ai_edge_litert/_pywrap_tfl_calibration.so", "ai_edge_litert/_pywrap_tensorflow_lite_calibration_wrapper.so",
     "ai_edge_litert/pywrap_genai_ops.so",
+    # LiteRT's CompiledModel runtime (the Interpreter's wrapper does not link it) and the converter's
+    # dependencies (ml_dtypes, flatbuffers, tqdm), which the Interpreter never imports.
+    "ai_edge_litert/libLiteRt.so", "ml_dtypes/", "flatbuffers/", "tqdm/",
 )
 WHEEL_EXCLUDE_SUFFIXES = (".pyi", ".h", ".hpp", ".c", ".pxd", ".pyx", ".a")
 #: What the runtime can and cannot do, written into its manifest and reported by the agent.

@@ -66,6 +66,7 @@ def test_tree_digest_covers_names_modes_and_bytes(tmp_path: Path) -> None:
     ("test/test_os.py", False), ("tkinter/__init__.py", False), ("idlelib/", False),
     ("lib-dynload/_testcapi.cpython-311-aarch64-linux-gnu.so", False), ("lib-dynload/readline.cpython-311.so", False),
     ("unittest/test/test_case.py", False), ("encodings/__pycache__/utf_8.cpython-311.pyc", False),
+    ("lib-dynload/_ssl.cpython-311-aarch64-linux-gnu.so", False), ("ssl.py", True),
 ])
 def test_stdlib_trimming(rel: str, kept: bool) -> None:
     assert runtime_bundle._keep_stdlib(rel) is kept
@@ -77,6 +78,7 @@ def test_stdlib_trimming(rel: str, kept: bool) -> None:
     ("numpy/_core/tests/test_umath.py", False), ("numpy/_core/include/numpy/ndarrayobject.h", False),
     ("numpy/__init__.pyi", False), ("bin/f2py", False), ("ai_edge_litert/libLiteRtWebGpuAccelerator.so", False),
     ("ai_edge_litert/aot/core/types.py", False), ("grpc/_cython/_cygrpc/grpc.pxi", True),
+    ("ai_edge_litert/libLiteRt.so", False), ("ml_dtypes/__init__.py", False), ("tqdm/", False),
 ])
 def test_wheel_trimming(rel: str, kept: bool) -> None:
     assert runtime_bundle._keep_wheel_file(rel) is kept
