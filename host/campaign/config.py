@@ -18,7 +18,6 @@ Example ``campaign.toml``::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from host.records import canonical_json
 from host.search import ALGORITHMS
 from host.search.engine import DEFAULT_MAX_QUERIES, MIN_VERIFY_RUNS
 from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
-from host.toml_file import read_toml
+from host.toml_file import read_toml, resolve_path, unknown_key_hint
 
 #: Identity fields added after campaign directories were written, with their defaults: a campaign
 #: at the default keeps the identity it had before the field existed.
@@ -220,8 +219,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = _field_name(key, f"key in {path}")
-        if _FIELDS[name].metadata["kind"] == "path" and isinstance(value, str) and not Path(value).is_absolute():
-            value = str(path.parent / value)
+        if _FIELDS[name].metadata["kind"] == "path" and isinstance(value, str):
+            value = str(resolve_path(value, path.parent))
         values[name] = value
     return values
 
@@ -246,9 +245,7 @@ def _field_name(key: str, where: str) -> str:
     names = list(_FIELDS)
     name = key.replace("-", "_")
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
-        raise ConfigError(f"unknown campaign setting {key!r} ({where}){hint}")
+        raise ConfigError(f"unknown campaign setting {key!r} ({where}){unknown_key_hint(name, names)}")
     return name
 
 

@@ -33,7 +33,6 @@ names the table and key. Example (docs/lab.md has a longer one)::
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 
 from host.errors import ConfigError
 from host.targets.base import DEFAULT_CONNECT_TIMEOUT_S
-from host.toml_file import read_toml
+from host.toml_file import read_toml, resolve_path, unknown_key_hint
 
 #: Devices worked on at once: one worker per device; a lab server with many boards still bounds
 #: its own CPU and network use.
@@ -173,15 +172,12 @@ class _LabParser:
     def keys(self, table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
         for key in table:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(allowed)}"
-                raise self.fail(where, f"unknown key {key!r}{hint}")
+                raise self.fail(where, f"unknown key {key!r}{unknown_key_hint(key, allowed)}")
 
     def path_value(self, value: Any, where: str) -> Path:
         if not isinstance(value, str) or not value:
             raise self.fail(where, f"expected a file path, got {value!r}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else self.base / p
+        return resolve_path(value, self.base)
 
     def number(self, table: dict, key: str, where: str, default: Any, kind: type, minimum: float) -> Any:
         value = table.get(key, default)
