@@ -536,7 +536,7 @@ def check_preprocessing_fits(preprocessing: agent_pb2.Preprocessing, input_spec:
         count = len(getattr(preprocessing, field_name))
         if count not in (0, 1, channels):
             raise InvalidRequestError(
-                f"preprocessing {field_name} has {count} values but the model's input has {channels} channels "
+                f"preprocessing {field_name} has {count} values but the model's input has {channels} channel(s) "
                 f"(shape {tuple(input_spec.shape)}); send one value or {channels}"
             )
 

@@ -429,3 +429,23 @@ def test_batch_timeout_is_derived_from_the_measured_latency() -> None:
             assert worker.batch_timeout(huge) >= worker_module.BATCH_TIMEOUT_FACTOR * per_image_s * huge * 0.999
     finally:
         worker.close()
+
+
+# -- the bad-input table in docs ---------------------------------------------------------------------
+def test_bad_input_table_matches_the_agent(tmp_path: Path) -> None:
+    """scripts/agent_bad_inputs.py: no bad input accepted, the agent survives, docs/agent-errors.md is current."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("agent_bad_inputs", root / "scripts" / "agent_bad_inputs.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    rows, checks = script.probe_agent(tmp_path)
+    assert [row for row in rows if row["status"] == "OK"] == []
+    assert checks["alive"] and checks["same_outputs_after"] and checks["tracebacks_in_log"] == 0
+    assert checks["log_lines_for_them"] <= checks["undecodable_messages"]  # one line each at most
+    page = (root / "docs" / "agent-errors.md").read_text()
+    for row in rows:  # messages name this machine (CPUs, architecture): compare the statuses
+        assert f"| {row['call']} | {row['kind']} | `{row['status']}` |" in page, row
