@@ -55,6 +55,12 @@ def _load(agent: AgentProcess, delegate: str = "xnnpack") -> str:
         return session.session_id
 
 
+@pytest.fixture(scope="module")
+def session_id(agent: AgentProcess) -> str:
+    """One session on the module's agent, shared by the tests that only need the model loaded."""
+    return _load(agent)
+
+
 def _infer_request(session_id: str, images: np.ndarray, request_id: int = 0) -> agent_pb2.InferRequest:
     return agent_pb2.InferRequest(session_id=session_id, request_id=request_id, input=agent_pb2.Tensor(
         shape=images.shape, dtype=agent_pb2.DATA_TYPE_UINT8, data=images.tobytes()))
@@ -98,9 +104,8 @@ def test_worker_serves_eight_threads_without_a_queue_race() -> None:
     assert calls > CLIENTS
 
 
-def test_eight_unary_clients_get_no_errors(agent: AgentProcess) -> None:
+def test_eight_unary_clients_get_no_errors(agent: AgentProcess, session_id: str) -> None:
     """8 clients, each on its own channel, batch 16, unary Infer on one session: 0 errors."""
-    session_id = _load(agent)
     request = _infer_request(session_id, _images())
     channels = [_stub(agent) for _ in range(CLIENTS)]
     reference = channels[0][1].Infer(request, timeout=RPC_TIMEOUT_S, metadata=channels[0][2]).outputs[0].data
@@ -170,11 +175,10 @@ class _IdleStream:
         self.channel.close()
 
 
-def test_seventeen_idle_streams_leave_health_and_control_calls_answering(agent: AgentProcess) -> None:
+def test_seventeen_idle_streams_leave_health_and_control_calls_answering(agent: AgentProcess, session_id: str) -> None:
     """One stream beyond the cap (16) is refused with RESOURCE_EXHAUSTED; health, info and Infer still answer."""
     from grpc_health.v1 import health_pb2
 
-    session_id = _load(agent)
     streams = [_IdleStream(agent) for _ in range(17)]
     try:
         deadline = time.monotonic() + 30
@@ -271,8 +275,8 @@ def _load_status(agent: AgentProcess, **fields) -> tuple[grpc.StatusCode, str]:
     ({"preprocessing": agent_pb2.Preprocessing(mean=[1.0, 2.0])}, "mean has 2 values but the model's input has 1"),
     ({"name": "n" * 100_000}, "model name is 100000 characters"),
 ])
-def test_bad_load_fields_are_invalid_argument_at_load(agent: AgentProcess, fields: dict, expected: str) -> None:
-    _load(agent)  # the model is stored
+def test_bad_load_fields_are_invalid_argument_at_load(agent: AgentProcess, session_id: str, fields: dict,
+                                                      expected: str) -> None:
     sessions_before = _device_info(agent).sessions
     code, details = _load_status(agent, **fields)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
@@ -449,3 +453,20 @@ def test_bad_input_table_matches_the_agent(tmp_path: Path) -> None:
     page = (root / "docs" / "agent-errors.md").read_text()
     for row in rows:  # messages name this machine (CPUs, architecture): compare the statuses
         assert f"| {row['call']} | {row['kind']} | `{row['status']}` |" in page, row
+
+
+# -- the load figures ----------------------------------------------------------------------------------
+def test_load_script_reports_requests_latency_and_memory(agent: AgentProcess) -> None:
+    """scripts/agent_load.py on the module's agent, briefly: answers, no errors, RSS read at both ends."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("agent_load", root / "scripts" / "agent_load.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    result = script.run_load(agent, MODEL, clients=2, batch=4, seconds=2.0, delegate="xnnpack")
+    assert result["errors"] == 0 and result["requests"] > 0
+    assert result["p50_ms"] <= result["p99_ms"]
+    assert result["rss_start_bytes"]["agent"] > 0 and result["rss_end_bytes"]["workers"] > 0
