@@ -44,6 +44,7 @@ from device_agent.errors import (
     WorkerCrashedError,
 )
 from device_agent.sessions import DEFAULT_MAX_SESSIONS, LoadRequest, SessionManager
+from device_agent.wire_dtypes import DTYPE_BY_ENUM, ENUM_BY_DTYPE
 from device_agent.worker import IN_FLIGHT_SLOTS, InferResult
 
 log = logging.getLogger(__name__)
@@ -120,17 +121,6 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (StreamIdleError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
-_DTYPE_BY_ENUM = {
-    agent_pb2.DATA_TYPE_UINT8: "uint8",
-    agent_pb2.DATA_TYPE_INT8: "int8",
-    agent_pb2.DATA_TYPE_INT16: "int16",
-    agent_pb2.DATA_TYPE_INT32: "int32",
-    agent_pb2.DATA_TYPE_INT64: "int64",
-    agent_pb2.DATA_TYPE_FLOAT16: "float16",
-    agent_pb2.DATA_TYPE_FLOAT32: "float32",
-    agent_pb2.DATA_TYPE_FLOAT64: "float64",
-}
-_ENUM_BY_DTYPE = {name: value for value, name in _DTYPE_BY_ENUM.items()}
 
 
 def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
@@ -459,7 +449,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def _submit(self, request: agent_pb2.InferRequest) -> futures.Future:
         tensor = request.input
-        dtype = _DTYPE_BY_ENUM.get(tensor.dtype)
+        dtype = DTYPE_BY_ENUM.get(tensor.dtype)
         if dtype is None:
             known = tensor.dtype in agent_pb2.DataType.values()
             name = agent_pb2.DataType.Name(tensor.dtype) if known else tensor.dtype
@@ -556,7 +546,7 @@ def _await_grpc_status(context: grpc.ServicerContext) -> None:
 
 
 def _spec_message(spec: runtime.TensorSpec) -> agent_pb2.TensorSpec:
-    return agent_pb2.TensorSpec(name=spec.name, shape=spec.shape, dtype=_ENUM_BY_DTYPE.get(spec.dtype, 0),
+    return agent_pb2.TensorSpec(name=spec.name, shape=spec.shape, dtype=ENUM_BY_DTYPE.get(spec.dtype, 0),
                                 scale=spec.scale, zero_point=spec.zero_point)
 
 

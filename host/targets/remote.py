@@ -37,6 +37,7 @@ import numpy as np
 
 from device_agent._gen import agent_pb2, agent_pb2_grpc
 from device_agent.runtime import TensorSpec
+from device_agent.wire_dtypes import DTYPE_BY_ENUM, ENUM_BY_DTYPE
 from host.errors import (
     AuthenticationError,
     ConfigError,
@@ -77,17 +78,6 @@ _CLOSE_TIMEOUT_S = 5.0
 #: Longest wait for the TCP probe that tells a refused port (no agent: fail at once) from a slow one.
 _PROBE_TIMEOUT_S = 2.0
 
-_DTYPE_BY_ENUM = {
-    agent_pb2.DATA_TYPE_UINT8: "uint8",
-    agent_pb2.DATA_TYPE_INT8: "int8",
-    agent_pb2.DATA_TYPE_INT16: "int16",
-    agent_pb2.DATA_TYPE_INT32: "int32",
-    agent_pb2.DATA_TYPE_INT64: "int64",
-    agent_pb2.DATA_TYPE_FLOAT16: "float16",
-    agent_pb2.DATA_TYPE_FLOAT32: "float32",
-    agent_pb2.DATA_TYPE_FLOAT64: "float64",
-}
-_ENUM_BY_DTYPE = {name: value for value, name in _DTYPE_BY_ENUM.items()}
 
 
 def parse_uri(uri: str) -> tuple[str, int]:
@@ -158,7 +148,7 @@ class RemoteSession:
     def _request(self, images: np.ndarray, request_id: int = 0) -> agent_pb2.InferRequest:
         return agent_pb2.InferRequest(
             session_id=self.session_id, request_id=request_id,
-            input=agent_pb2.Tensor(shape=images.shape, dtype=_ENUM_BY_DTYPE[images.dtype.name],
+            input=agent_pb2.Tensor(shape=images.shape, dtype=ENUM_BY_DTYPE[images.dtype.name],
                                    data=images.tobytes()))
 
     def _outputs(self, response: agent_pb2.InferResponse) -> list[np.ndarray]:
@@ -588,7 +578,7 @@ class RemoteTarget:
 
 def _spec(message: agent_pb2.TensorSpec) -> TensorSpec:
     return TensorSpec(name=message.name, shape=tuple(int(d) for d in message.shape),
-                      dtype=_DTYPE_BY_ENUM.get(message.dtype, "unknown"), scale=float(message.scale),
+                      dtype=DTYPE_BY_ENUM.get(message.dtype, "unknown"), scale=float(message.scale),
                       zero_point=int(message.zero_point))
 
 
