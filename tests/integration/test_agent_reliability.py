@@ -470,3 +470,39 @@ def test_load_script_reports_requests_latency_and_memory(agent: AgentProcess) ->
     assert result["errors"] == 0 and result["requests"] > 0
     assert result["p50_ms"] <= result["p99_ms"]
     assert result["rss_start_bytes"]["agent"] > 0 and result["rss_end_bytes"]["workers"] > 0
+
+
+# -- 4. a batch's memory is bounded, not only its bytes ----------------------------------------------
+WIDE_MODEL = FIXTURES / "models" / "digits28wide-float32.tflite"
+#: Activation budget of the chunking test's agent: a few dozen images of the wide model per invoke.
+CHUNK_BUDGET_BYTES = 8 << 20
+#: Images in the large batch: about 170 MB of activations in one invoke (0.165 MB per image here).
+LARGE_BATCH = 1024
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_a_large_batch_runs_in_chunks_with_the_same_outputs(agent_factory) -> None:
+    """With a small activation budget, 1,024 images come back as one batch would, and the worker stays small."""
+    from device_agent.worker import BATCH_MEMORY_ENV
+    from host.targets import LocalTarget
+
+    agent = agent_factory(env={BATCH_MEMORY_ENV: str(CHUNK_BUDGET_BYTES)})
+    spec = ModelSpec.from_path(WIDE_MODEL, delegate="xnnpack")
+    images = np.random.default_rng(3).integers(0, 256, (LARGE_BATCH, 28, 28, 1), dtype=np.uint8)
+    with RemoteTarget(agent.uri, token=agent.token) as target:
+        session = target.load(spec)
+        (worker_pid,) = _worker_pids(agent)
+        session.infer(images[:2])
+        peak_before = _peak_rss_bytes(worker_pid)
+        remote = session.infer(images)
+        growth = _peak_rss_bytes(worker_pid) - peak_before
+    local = LocalTarget().load(spec).infer(images)
+    np.testing.assert_array_equal(remote, local)
+    # One invoke of 1,024 images grows the worker by ~170 MB; chunks of the budget by a few MB.
+    assert growth < 64 << 20, f"worker peak grew by {growth >> 20} MiB"
