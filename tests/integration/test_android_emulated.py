@@ -177,6 +177,39 @@ def test_a_changed_runtime_is_replaced_whole_and_an_incomplete_one_never_starts(
         deployment.stop()
 
 
+def test_a_model_crashing_its_worker_costs_one_request_on_the_phone(phone: AdbdSim, runtime: RuntimeBundle) -> None:
+    """The worker restarts through the bundled loader (DFLARE_AGENT_LAUNCHER) after a SIGSEGV under emulation."""
+    import grpc
+
+    from device_agent._gen import agent_pb2, agent_pb2_grpc
+    from host.errors import WorkerCrashedError
+    from host.targets import ModelSpec
+    from host.targets.adb import AdbTarget
+    from host.targets.remote import RemoteSession
+
+    spec = ModelSpec.from_path(FIXTURES / "models/digits28-int8.tflite")
+    x = np.load(FIXTURES / "seeds/digits28.npz")["x"][:4]
+    target = AdbTarget(f"adb://{phone.host}:{phone.port}", AdbDeployOptions(
+        auth_timeout_s=AUTH_TIMEOUT_S, start_timeout_s=START_TIMEOUT_S, runtime_bundle=runtime.path,
+        extra_env={"DFLARE_AGENT_FAULT_INJECTION": "1"}))
+    try:
+        remote = target.remote
+        expected = remote.load(spec).infer(x)
+        stub = agent_pb2_grpc.AgentStub(grpc.insecure_channel(f"{remote.host}:{remote.port}"))
+        response = stub.LoadModel(agent_pb2.LoadModelRequest(
+            sha256=spec.sha256, delegate=spec.delegate, name=spec.name,
+            delegate_options={"dflare.fault": "segv_on_infer"},
+            preprocessing=agent_pb2.Preprocessing(mean=spec.preprocessing.mean, std=spec.preprocessing.std)),
+            metadata=remote._metadata, timeout=START_TIMEOUT_S)
+        session = RemoteSession(remote, spec, response)
+        with pytest.raises(WorkerCrashedError, match="killed by SIGSEGV"):
+            session.infer(x)
+        assert session.infer(x).tobytes() == expected.tobytes()  # a fresh worker, same bytes
+        assert target.deployment.agent_alive()
+    finally:
+        target.close()
+
+
 def _run_args(out: Path, target: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "host.cli", "run", "--original", str(FIXTURES / "models/digits28-float32.tflite"),
             "--compressed", str(FIXTURES / "models/digits28-int8.tflite"), "--target", target,
