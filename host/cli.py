@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "info": "show a target's device, runtime and delegates",
     "run": "search for inputs on which the compressed model disagrees with the original",
     "report": "rebuild a campaign's report.html, summary.json, junit.xml and inputs/ from its store",
+    "explain": "name the layer of the compressed model where each deviation's error first jumps",
     "compare": "run one model on several targets/delegates and compare them pairwise",
     "deploy": "deploy the agent to a phone (adb) or a Linux board (systemd)",
     "bundle": "build the self-contained agent runtime for stock Android phones",
