@@ -30,7 +30,7 @@ from host.exit_codes import ExitCode
 from host.report.summary import json_view
 
 #: Flags that are not campaign settings (everything else maps 1:1 onto a CampaignConfig field).
-_CONTROL_FLAGS = ("config", "force_new", "json", "progress")
+_CONTROL_FLAGS = ("config", "force_new", "json", "progress", "explain")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="if --out holds a campaign with other settings, archive it and start over")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress display: a bar on a terminal, log lines otherwise (auto)")
+    p.add_argument("--explain", action="store_true",
+                   help="after the reports, explain each triggering input layer by layer, as dflare explain DIR "
+                   "does (writes DIR/explain.json)")
 
 
 def _flag_options(f: dataclasses.Field) -> dict[str, Any]:
@@ -97,9 +100,22 @@ def execute(args: argparse.Namespace, search: SearchFn | None = None, argv: Sequ
     with _sigterm_as_interrupt():
         outcome = runner.run()
     print_outcome(outcome, as_json=args.json)
+    if args.explain:
+        _explain(config.out, quiet=args.json)
     if config.fail_on_deviation and outcome.triggered > 0:
         return ExitCode.deviation
     return ExitCode.ok
+
+
+def _explain(out_dir: Path, quiet: bool) -> None:
+    """``--explain``: the same step as ``dflare explain DIR``, once the campaign's reports are written."""
+    from host.explain.explainer import explain_directory  # a feature of its own: loaded only when asked for
+
+    path, doc = explain_directory(out_dir)
+    if not quiet:  # --json keeps stdout to the summary object
+        from host.explain.output import summary_line
+
+        print(f"{summary_line(doc)}; explain: {path}")
 
 
 def print_outcome(outcome: CampaignOutcome, as_json: bool) -> None:

@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 
 from host.exit_codes import ExitCode
-from host.explain.explainer import Explainer
-from host.explain.output import format_table, write_explain
-from host.store import CampaignStore
+from host.explain.explainer import explain_directory
+from host.explain.output import format_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,9 +44,7 @@ def explain_campaign(out_dir: Path, overrides: dict[str, Path | None] | None = N
         CampaignError: no campaign in the directory, or its models cannot be found.
         ModelError: a model cannot be loaded for explain.
     """
-    with CampaignStore.open_existing(out_dir) as store:
-        doc = Explainer(store, overrides).explain()
-    path = write_explain(doc, out_dir)
+    path, doc = explain_directory(out_dir, overrides)
     if echo:
         print(format_table(doc))
         print(f"explain: {path}")

@@ -22,6 +22,7 @@ from host.errors import CampaignError, ModelError
 from host.explain import blame
 from host.explain.matching import Matching, match_graphs
 from host.explain.metrics import ErrorStats, error_stats, growth
+from host.explain.output import write_explain
 from host.explain.tensors import GraphRunner
 from host.records import InputRecord
 from host.store import CampaignStore
@@ -201,6 +202,19 @@ class Explainer:
                            for k in grown],
             "layers": layers,
         }
+
+
+def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | None = None
+                      ) -> tuple[Path, dict[str, Any]]:
+    """Explain a campaign directory and write its explain.json; return the file's path and the document.
+
+    Raises:
+        CampaignError: no campaign in the directory, or its models cannot be found.
+        ModelError: a model cannot be loaded for explain.
+    """
+    with CampaignStore.open_existing(out_dir) as store:
+        doc = Explainer(store, overrides).explain()
+    return write_explain(doc, out_dir), doc
 
 
 def _ranking(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,6 +55,17 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary_line(doc: dict[str, Any]) -> str:
+    """One line for ``dflare run --explain``: how many inputs, and the layer the rule blames most often."""
+    inputs = doc["inputs"]
+    if not inputs:
+        return "explained: no triggering input stored"
+    top = next((r for r in doc["ranking"] if r["first_jump"]), None)
+    blamed = (f"first jump most often at {top['layer']} ({top['op']}, {top['first_jump']} of {len(inputs)})"
+              if top else "no first jump by the rule")
+    return f"explained {len(inputs)} input(s): {blamed}"
+
+
 def _entry_lines(e: dict[str, Any]) -> list[str]:
     labels = e["labels"]
     seed = labels["seed"]

@@ -210,3 +210,37 @@ def test_another_model_than_the_campaign_ran_is_refused(campaign: Path, capsys: 
     assert dflare(["explain", str(campaign), "--compressed", str(model("digits28", "dynamic"))]) == ExitCode.usage
     err = capsys.readouterr().err
     assert "is not the compressed model this campaign ran" in err and "--compressed" in err
+
+
+def _run_flags(out: Path) -> list[str]:
+    return ["--original", str(model("digits28", "float32")), "--compressed", str(model("digits28", "int8")),
+            "--seeds", str(seeds("digits28")), "--out", str(out), "--limit", "2", "--max-queries", "800",
+            "--progress", "log", "--no-minimize"]
+
+
+def test_run_explain_writes_explain_json_after_the_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from host.campaign.command import add_arguments, execute
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    assert execute(parser.parse_args([*_run_flags(out), "--explain", "--json"]), search=noise_search,
+                   argv=["dflare", "run"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["out"] == str(out)  # --json: stdout is still the summary object alone
+    doc = json.loads((out / "explain.json").read_text())
+    assert doc["inputs"] and {e["kind"] for e in doc["inputs"]} == {"raw"}
+    # Resuming with --explain is allowed (not part of the identity) and prints one line about it.
+    assert execute(parser.parse_args([*_run_flags(out), "--explain"]), search=noise_search,
+                   argv=["dflare", "run"]) == 0
+    assert f"explain: {out / 'explain.json'}" in capsys.readouterr().out
+
+
+def test_without_readable_xnnpack_tensors_the_builtin_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(GraphRunner, "_all_readable", lambda self: False)
+    runner = _runner("int8")
+    assert runner.kernels == "cpu" and "XNNPACK did not expose" in runner.note
+    values, _ = runner.run(np.load(seeds("digits28"))["x"][0])
+    assert set(values) == {t.index for t in runner.graph}
