@@ -20,6 +20,7 @@ import numpy as np
 from device_agent.runtime import Preprocessing
 from host.errors import CampaignError, ModelError
 from host.explain import blame
+from host.explain.html import write_explain_html
 from host.explain.matching import Matching, match_graphs
 from host.explain.metrics import ErrorStats, error_stats, growth
 from host.explain.output import write_explain
@@ -206,7 +207,7 @@ class Explainer:
 
 def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | None = None
                       ) -> tuple[Path, dict[str, Any]]:
-    """Explain a campaign directory and write its explain.json; return the file's path and the document.
+    """Explain a campaign directory, write its explain.json and explain.html; return the JSON's path and the document.
 
     Raises:
         CampaignError: no campaign in the directory, or its models cannot be found.
@@ -214,6 +215,7 @@ def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | N
     """
     with CampaignStore.open_existing(out_dir) as store:
         doc = Explainer(store, overrides).explain()
+    write_explain_html(doc, out_dir)
     return write_explain(doc, out_dir), doc
 
 

@@ -244,3 +244,22 @@ def test_without_readable_xnnpack_tensors_the_builtin_kernels_run(monkeypatch: p
     assert runner.kernels == "cpu" and "XNNPACK did not expose" in runner.note
     values, _ = runner.run(np.load(seeds("digits28"))["x"][0])
     assert set(values) == {t.index for t in runner.graph}
+
+
+def test_explain_html_marks_the_blamed_layer(campaign: Path, explained: dict) -> None:
+    html = (campaign / "explain.html").read_text()
+    assert 'href="report.html"' in html
+    for entry in explained["inputs"]:
+        assert f'id="explain-{entry["input"]}"' in html and f'src="{entry["png"]}"' in html
+    assert html.count('class="jump"') == sum(1 for e in explained["inputs"] if e["first_jump"])
+    assert html.count("data:image/svg+xml;base64,") == len(explained["inputs"])
+
+
+def test_a_remote_campaign_says_the_figures_are_the_hosts() -> None:
+    from host.explain.explainer import ModelSource, _kernel_notes
+
+    source = ModelSource("compressed", Path("c.tflite"), b"", "gpu", "grpc://10.0.0.2:50051", PIXELS)
+    runner = _runner("int8")
+    runner.note = kernels_for("gpu")[1]  # as a gpu campaign would have it
+    notes = _kernel_notes(source, runner)
+    assert "gpu delegate" in notes[0] and "grpc://10.0.0.2:50051" in notes[1] and "future work" in notes[1]

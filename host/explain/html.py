@@ -1,0 +1,82 @@
+"""DIR/explain.html: per input, the per-layer SNR of seed and triggering input with the blamed layer marked.
+
+A page of its own next to report.html (the report's templates are not touched). It uses the
+reports' jinja2 environment (autoescaped, strict) and SVG charts; the template lives here as a string
+because package data ships only the report's template folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from host.files import atomic_write
+from host.report.jinja_env import environment
+from host.report.svg_charts import Series, bar_chart, data_uri
+
+EXPLAIN_HTML = "explain.html"
+
+#: SNR above this is drawn at this height: identical tensors sit at the 150 dB cap and would flatten the rest.
+PLOT_MAX_DB = 100.0
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dflare explain: {{ doc.campaign }}</title>
+<style>
+body { font-family: sans-serif; margin: 1.5em; } table { border-collapse: collapse; margin: .5em 0; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; font-size: 13px; text-align: right; }
+td.name, th.name { text-align: left; } tr.jump { background: #fde2e1; font-weight: bold; }
+.note { color: #8a5a00; } section { margin-bottom: 2em; } img.input { image-rendering: pixelated; width: 112px; }
+</style></head><body>
+<h1>Which layer makes each deviation</h1>
+<p><a href="report.html">campaign report</a> &middot; rule: {{ doc.rule.text }} (docs/explain.md)</p>
+<ul>{% for role, m in doc.models.items() %}
+<li>{{ role }}: {{ m.path }} &mdash; campaign delegate {{ m.campaign_delegate }} on {{ m.campaign_target }},
+explained with <b>{{ m.kernels }}</b> kernels
+{% for n in m.notes %}<br><span class="note">{{ n }}</span>{% endfor %}</li>
+{% endfor %}</ul>
+<p>Tensors matched: {% for c, n in doc.matching.counts.items() %}{{ n }} by {{ c }}
+{%- if not loop.last %}, {% endif %}{% endfor %}
+{% if doc.matching.unsure %}; <span class="note">unsure: {{ doc.matching.unsure | join(", ") }}</span>{% endif %}</p>
+{% if doc.ranking %}<h2>Layers across the campaign</h2>
+<table><tr><th>#</th><th class="name">layer</th><th class="name">op</th><th>first jump</th>
+<th>among most grown</th></tr>
+{% for r in doc.ranking %}<tr><td>{{ r.match }}</td><td class="name">{{ r.layer }}</td><td class="name">{{ r.op }}</td>
+<td>{{ r.first_jump }}</td><td>{{ r.most_grown }}</td></tr>{% endfor %}</table>{% endif %}
+{% for e in entries %}<section id="explain-{{ e.input }}"><h2>{{ e.input }} ({{ e.kind }})</h2>
+<p><img class="input" src="{{ e.png }}" alt="{{ e.input }}"> campaign {{ e.labels.stored.original }} vs
+{{ e.labels.stored.compressed }}, explain {{ e.labels.explain.original }} vs {{ e.labels.explain.compressed }}
+{% if not e.reproduces %}<span class="note">(does not flip with these kernels)</span>{% endif %};
+first jump: {% if e.first_jump %}<b>#{{ e.first_jump.match }} {{ e.first_jump.layer }}</b> ({{ e.first_jump.op }},
+{{ "%.1f" | format(e.first_jump.snr_db) }} dB){% else %}none by the rule{% endif %}</p>
+<img src="{{ e.chart }}" alt="SNR per layer">
+<table><tr><th>#</th><th class="name">layer</th><th class="name">op</th><th class="name">match</th><th>SNR dB</th>
+<th>seed SNR dB</th><th>grew dB</th><th>cosine</th><th>RMSE</th><th>max |err|</th></tr>
+{% for row in e.layers %}<tr{% if e.first_jump and e.first_jump.match == row.match %} class="jump"{% endif %}>
+<td>{{ row.match }}</td><td class="name">{{ row.layer }}</td><td class="name">{{ row.op }}</td>
+<td class="name">{{ row.confidence }}</td><td>{{ "%.1f" | format(row.trigger.snr_db) }}</td>
+<td>{% if row.seed %}{{ "%.1f" | format(row.seed.snr_db) }}{% endif %}</td>
+<td>{% if row.growth %}{{ "%.1f" | format(row.growth.snr_drop_db) }}{% endif %}</td>
+<td>{{ "%.5f" | format(row.trigger.cosine) }}</td><td>{{ "%.3g" | format(row.trigger.rmse) }}</td>
+<td>{{ "%.3g" | format(row.trigger.max_abs) }}</td></tr>{% endfor %}</table></section>
+{% endfor %}</body></html>
+"""
+
+
+def snr_chart(entry: dict[str, Any]) -> str:
+    """Side-by-side bars per matched tensor: SNR on the seed and on the triggering input (capped for display)."""
+    layers = entry["layers"]
+    trigger = [min(PLOT_MAX_DB, max(0.0, r["trigger"]["snr_db"])) for r in layers]
+    series = [Series("triggering input", trigger, "#d62728")]
+    if all("seed" in r for r in layers):
+        series.insert(0, Series("seed", [min(PLOT_MAX_DB, max(0.0, r["seed"]["snr_db"])) for r in layers], "#1f77b4"))
+    jump = entry["first_jump"]
+    title = f"SNR per layer; first jump at #{jump['match']}" if jump else "SNR per layer; no first jump by the rule"
+    return bar_chart(list(range(len(layers) + 1)), series, title, "matched tensor # (execution order)",
+                     "SNR dB (compressed vs original)", stacked=False)
+
+
+def write_explain_html(doc: dict[str, Any], out_dir: str | Path) -> Path:
+    """Render the document as ``out_dir/explain.html`` (atomically); return its path."""
+    entries = [{**e, "chart": data_uri(snr_chart(e))} for e in doc["inputs"]]
+    html = environment().from_string(_TEMPLATE).render(doc=doc, entries=entries)
+    return atomic_write(Path(out_dir) / EXPLAIN_HTML, html)
