@@ -263,3 +263,36 @@ def test_a_remote_campaign_says_the_figures_are_the_hosts() -> None:
     runner.note = kernels_for("gpu")[1]  # as a gpu campaign would have it
     notes = _kernel_notes(source, runner)
     assert "gpu delegate" in notes[0] and "grpc://10.0.0.2:50051" in notes[1] and "future work" in notes[1]
+
+
+#: Rounding an int8 layer's weights to multiples of 16 leaves it about 4 bits: on the fixtures the
+#: rule then names that layer on every triggering input (docs/explain.md, "Checking the rule").
+COARSE_STEP = 16
+
+
+def coarsened(variant: str, weights: str, dest: Path, step: int = COARSE_STEP) -> Path:
+    """A copy of a fixture model with one layer's int8 weights rounded to multiples of ``step`` (same scales)."""
+    from device_agent.runtime import load_runtime
+
+    content = model("digits28", variant).read_bytes()
+    interpreter = load_runtime().module.Interpreter(model_content=content)
+    detail = next(d for d in interpreter.get_tensor_details() if d["name"] == weights)
+    values = interpreter.get_tensor(detail["index"])
+    assert values.dtype == np.int8 and content.count(values.tobytes()) == 1  # the weight buffer, found once
+    coarse = np.clip(np.round(values.astype(np.float64) / step) * step, -127, 127).astype(np.int8)
+    dest.write_bytes(content.replace(values.tobytes(), coarse.tobytes()))
+    return dest
+
+
+@pytest.mark.parametrize(("weights", "layer"), [("digits_cnn_1/conv2_1/convolution", "digits_cnn_1/conv2_1/Relu"),
+                                                ("digits_cnn_1/dense_1/MatMul", "digits_cnn_1/dense_1/MatMul")])
+def test_the_rule_names_the_one_coarsened_layer(tmp_path: Path, weights: str, layer: str) -> None:
+    compressed = coarsened("int8", weights, tmp_path / "coarse.tflite")
+    cfg = CampaignConfig(model("digits28", "float32"), compressed, seeds("digits28"), out=tmp_path / "out",
+                         limit=N_SEEDS, max_queries=MAX_QUERIES, minimize=False)
+    assert CampaignRunner(cfg, search=noise_search, progress=LogProgress(io.StringIO())).run().triggered > 0
+    from host.explain.explainer import explain_directory
+
+    _, doc = explain_directory(tmp_path / "out")
+    assert {e["first_jump"]["layer"] if e["first_jump"] else None for e in doc["inputs"]} == {layer}
+    assert doc["ranking"][0]["layer"] == layer
