@@ -406,7 +406,9 @@ def test_a_stopped_worker_is_killed_after_the_batch_timeout_and_blocks_nothing_e
         with contextlib.suppress(ProcessLookupError):
             os.kill(hung_pid, signal.SIGCONT)
     codes = [code for code, _ in results]
-    assert len(results) == 20 and set(codes) <= {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}, results
+    # A call reaching the agent only after the kill (a very loaded machine) is served by the fresh worker.
+    allowed = {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK}
+    assert len(results) == 20 and set(codes) <= allowed, results
     aborted = [details for code, details in results if code == grpc.StatusCode.ABORTED]
     assert aborted and all("execution timeout" in details for details in aborted), aborted
     # The session serves again on a fresh worker.
