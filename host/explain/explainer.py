@@ -44,6 +44,7 @@ class ModelSource:
     delegate: str
     target: str
     preprocessing: Preprocessing
+    threads: int | None = None
 
 
 def model_sources(store: CampaignStore, overrides: dict[str, Path | None] | None = None) -> dict[str, ModelSource]:
@@ -76,7 +77,8 @@ def model_sources(store: CampaignStore, overrides: dict[str, Path | None] | None
         delegate_key, target_key = keys[role]
         sources[role] = ModelSource(role, path, content, str(config.get(delegate_key) or "cpu"),
                                     str(config.get(target_key) or "local:"),
-                                    _preprocessing(targets.get(role, {}), config, path, content))
+                                    _preprocessing(targets.get(role, {}), config, path, content),
+                                    config.get("threads"))
     return sources
 
 
@@ -118,7 +120,7 @@ class Explainer:
     def __init__(self, store: CampaignStore, overrides: dict[str, Path | None] | None = None) -> None:
         self.store = store
         self.sources = model_sources(store, overrides)
-        self.runners = {role: GraphRunner(s.content, s.delegate, s.preprocessing, role)
+        self.runners = {role: GraphRunner(s.content, s.delegate, s.preprocessing, role, s.threads)
                         for role, s in self.sources.items()}
         self.matching: Matching = match_graphs(self.runners["original"].graph, self.runners["compressed"].graph)
         if not self.matching.matches:
@@ -188,7 +190,8 @@ class Explainer:
         lowest = int(np.argmin(snr))
         grown = blame.most_grown([row["growth"]["snr_drop_db"] for row in layers]) if seed is not None else []
         return {
-            "input": stem, "kind": kind, "seed_index": record.seed_index, "n": record.n,
+            "input": stem, "kind": kind, "status": record.status.value, "seed_index": record.seed_index,
+            "n": record.n,
             "png": f"inputs/{stem}.png",
             "labels": {"stored": {"original": stored[0], "compressed": stored[1]}, "explain": labels,
                        "seed": None if seed is None else seed[1], "seed_label": record.seed_label},

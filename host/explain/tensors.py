@@ -70,10 +70,7 @@ class TensorInfo:
         out: dict[str, Any] = {"index": self.index, "name": self.name, "layer": self.layer, "op": self.op,
                                "op_index": self.op_index, "shape": list(self.shape), "dtype": self.dtype}
         if self.quantized:
-            out["quantization"] = {"scales": list(self.scales) if len(self.scales) <= 8 else
-                                   f"{len(self.scales)} per-channel scales",
-                                   "zero_points": list(self.zero_points) if len(self.zero_points) <= 8 else
-                                   f"{len(self.zero_points)} per-channel zero points",
+            out["quantization"] = {"scales": list(self.scales), "zero_points": list(self.zero_points),
                                    "quantized_dimension": self.quantized_dimension}
         return out
 
@@ -108,13 +105,16 @@ class GraphRunner:
         delegate: the campaign's delegate for this model (see :func:`kernels_for`).
         preprocessing: the normalization the campaign applied to uint8 pixels.
         role: ``original`` or ``compressed``, for messages.
+        threads: interpreter threads, as the campaign ran the model (None: the runtime's default).
 
     Raises:
         ModelError: the runtime cannot load the model, or it is not a one-input image model.
     """
 
-    def __init__(self, content: bytes, delegate: str, preprocessing: runtime.Preprocessing, role: str) -> None:
+    def __init__(self, content: bytes, delegate: str, preprocessing: runtime.Preprocessing, role: str,
+                 threads: int | None = None) -> None:
         self.role = role
+        self.threads = threads
         self.preprocessing = preprocessing
         self._content = content  # the interpreter reads from this buffer: keep it alive
         self.kernels, self.note = kernels_for(delegate)
@@ -136,7 +136,7 @@ class GraphRunner:
             with warnings.catch_warnings():  # LiteRT warns that preserving tensors costs memory: it is the point
                 warnings.simplefilter("ignore")
                 interpreter = module.Interpreter(model_content=self._content, experimental_op_resolver_type=resolver,
-                                                 experimental_preserve_all_tensors=True)
+                                                 experimental_preserve_all_tensors=True, num_threads=self.threads)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"the {self.role} model cannot be loaded for explain: {exc}") from None

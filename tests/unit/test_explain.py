@@ -177,6 +177,7 @@ def test_explain_json_describes_every_stored_input(campaign: Path, explained: di
     assert set(explained["rule"]) >= {"jump_db", "below_db", "text"}
     for entry in explained["inputs"]:
         assert entry["reproduces"] is True  # the campaign's own kernels: every stored deviation flips again
+        assert entry["status"] == "triggered"
         assert entry["labels"]["explain"] == entry["labels"]["stored"]
         assert len(entry["layers"]) == 9
         for row in entry["layers"]:
@@ -296,3 +297,14 @@ def test_the_rule_names_the_one_coarsened_layer(tmp_path: Path, weights: str, la
     _, doc = explain_directory(tmp_path / "out")
     assert {e["first_jump"]["layer"] if e["first_jump"] else None for e in doc["inputs"]} == {layer}
     assert doc["ranking"][0]["layer"] == layer
+
+
+def test_a_campaign_without_deviations_explains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    same = model("digits28", "float32")  # the same model twice: no input can flip
+    cfg = CampaignConfig(same, same, seeds("digits28"), out=tmp_path, limit=1, max_queries=64, minimize=False)
+    assert CampaignRunner(cfg, search=noise_search, progress=LogProgress(io.StringIO())).run().triggered == 0
+    assert dflare(["explain", str(tmp_path)]) == ExitCode.ok
+    assert "no triggering input stored" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "explain.json").read_text())
+    assert doc["inputs"] == [] and doc["ranking"] == []
+    assert doc["matching"]["counts"]["name"] == 9  # identical graphs: every tensor by its name
