@@ -2,7 +2,8 @@
 
 Reads DIR/campaign.sqlite (the campaign may still be running: it only reads), runs both models in
 process with every intermediate tensor kept on each triggering input (raw and minimized) and its
-seed, writes DIR/explain.json and prints a table. docs/explain.md says what it measures and how.
+seed, writes DIR/explain.json and DIR/explain.html and prints a table. docs/explain.md says what it
+measures and how.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "explain",
         help="name the layer of the compressed model where each deviation's error first jumps",
         description="For each stored triggering input (raw and minimized), compare every intermediate tensor of "
-        "the compressed model with the original's, on the input and on its seed; write DIR/explain.json.",
+        "the compressed model with the original's, on the input and on its seed; write DIR/explain.json and "
+        "DIR/explain.html.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="the campaign's --out directory")
     p.add_argument("--original", type=Path, metavar="PATH", help="the original model, if it moved since the run")
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def explain_campaign(out_dir: Path, overrides: dict[str, Path | None] | None = None, echo: bool = True) -> Path:
-    """Explain a campaign directory, write its explain.json, print the table when ``echo``; return the path.
+    """Explain a campaign directory, write explain.json and explain.html, print the table when ``echo``; return
+    explain.json's path.
 
     Raises:
         CampaignError: no campaign in the directory, or its models cannot be found.
