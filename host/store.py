@@ -252,8 +252,17 @@ class CampaignStore:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, canonical_json(value)))
 
     def begin_run(self, argv: Sequence[str], targets: dict[str, Any]) -> int:
-        """Record the start of one ``dflare run`` process and the targets it uses; returns the run id."""
+        """Record the start of one ``dflare run`` process and the targets it uses; returns the run id.
+
+        A run still marked ``running`` was killed before it could end itself (the caller holds the
+        directory's lock, so no other process runs): it becomes ``interrupted``, ended at its last
+        finished seed (or its start when it finished none).
+        """
         with self._transaction():
+            self._conn.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = COALESCE("
+                "(SELECT MAX(finished_at) FROM outcomes WHERE outcomes.run_id = runs.run_id), started_at) "
+                "WHERE status = 'running'")
             cur = self._conn.execute(
                 "INSERT INTO runs (started_at, status, argv, targets) VALUES (?, 'running', ?, ?)",
                 (time.time(), json.dumps(list(argv)), canonical_json(targets)),

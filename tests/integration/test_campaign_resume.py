@@ -103,7 +103,10 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, target_args: list[str]
     with CampaignStore.open_existing(out) as store:
         runs = store.runs()
         inputs = store.inputs()
-    assert [r["status"] for r in runs] == ["running", "completed"]  # the killed run never got to say so
+    # The killed run never got to say so; the resume marked it, ended at its last finished seed.
+    assert [r["status"] for r in runs] == ["interrupted", "completed"]
+    killed_seeds = [r["finished_at"] for r in after_kill.values() if r["run_id"] == runs[0]["run_id"]]
+    assert runs[0]["ended_at"] == (max(killed_seeds) if killed_seeds else runs[0]["started_at"])
     assert {r["run_id"] for i, r in final.items() if i not in after_kill} == {runs[1]["run_id"]}
 
     # An uninterrupted campaign gives the same per-seed outcomes.

@@ -190,3 +190,18 @@ def test_sigkill_loses_no_committed_seed_and_leaves_no_half_seed(tmp_path: Path)
     assert set(committed) <= finished  # everything acknowledged is there
     assert inputs == finished  # every stored triggered seed has its input: no half-written seed
     assert finished == set(range(len(finished)))  # and nothing but a prefix
+
+
+def test_a_run_killed_while_running_is_marked_interrupted_by_the_next(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        killed = store.begin_run(["dflare", "run"], {})
+        store.record_requested([RequestedSeed(i, i % 10, f"s[{i}]") for i in range(3)])
+        store.record_result(SeedResult(1, SeedStatus.exhausted, 1, 100, 2.0, exit_reason="max_queries"))
+    # SIGKILL here: end_run never ran
+    with open_store(tmp_path) as store:
+        assert store.runs()[0]["status"] == "running"
+        store.begin_run(["dflare", "run"], {})
+        first, second = store.runs()
+        (finished_at,) = [r.finished_at for r in store.outcomes() if r.run_id == killed]
+        assert (first["status"], first["ended_at"]) == ("interrupted", finished_at)
+        assert second["status"] == "running"
