@@ -106,6 +106,11 @@ def _run_adb(args: argparse.Namespace) -> int:
         else:
             print(f"{address.uri}: {info['manufacturer']} {info['model']} ({info['soc']}), Android "
                   f"{info['android_release']}, {info['abi']}, Python {info['python']['version']}")
+            bundle = info.get("bundle", {})
+            if deployment.uses_runtime:
+                how = f"pushed in {bundle['push_s']:.0f} s" if bundle.get("pushed") else "already on the device"
+                print(f"runtime: self-contained, {bundle['bytes'] / 2**20:.1f} MiB ({how}); delegates cpu, xnnpack, "
+                      "ref (gpu/nnapi need a device Python: docs/android.md)")
             token_hint = f" --token-file {args.token_file}" if args.token_file else ""
             print(f"agent ready: --target grpc://{deployment.grpc_address}{token_hint}  (Ctrl-C stops it)")
         sys.stdout.flush()

@@ -707,9 +707,12 @@ class AdbDeployment:
         self.device_info["agent"] = {"pid": self.pid, "device_port": self.device_port, "python": self.python}
 
     def _kill_previous(self) -> None:
-        """An agent left by an earlier deploy holds a stale token: stop it."""
+        """An agent left by an earlier deploy holds a stale token (and maybe the runtime about to be
+        replaced): stop it, and wait for it to be gone, as :meth:`stop` does, before starting another."""
         pid_file = shlex.quote(f"{self.device_dir}/agent.pid")
-        self._shell(f"[ -f {pid_file} ] && kill $(cat {pid_file}) 2>/dev/null; rm -f {pid_file}; true")
+        self._shell(f"if [ -f {pid_file} ]; then p=$(cat {pid_file}); kill $p 2>/dev/null; i=0; "
+                    f"while kill -0 $p 2>/dev/null && [ $i -lt {int(STOP_GRACE_S * 10)} ]; do sleep 0.1; i=$((i+1)); "
+                    f"done; kill -9 $p 2>/dev/null; fi; rm -f {pid_file}; true")
 
     def agent_log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of the agent's log on the device ("" when unreadable)."""

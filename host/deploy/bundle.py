@@ -7,7 +7,9 @@ The zipapp holds ``device_agent`` and the pure-Python pieces it needs (``grpc_he
 What the device must still provide, because they are native code built for its libc and ABI
 (``NATIVE_REQUIREMENTS``): ``numpy``, ``grpcio`` and a TFLite runtime (``ai_edge_litert`` or
 ``tflite_runtime``). On a Linux board (``linux-aarch64``, ``linux-x86_64``) PyPI has wheels for all
-three; on Android (bionic libc) PyPI has none, see docs/raspberry-pi.md and ``dflare deploy adb --help``.
+three; on Android (bionic libc) PyPI has none, so a stock arm64 phone gets the self-contained runtime
+instead (host/deploy/runtime_bundle.py, docs/android.md) and this zipapp serves a device Python
+(Termux, a rooted phone, ``--python``).
 """
 
 from __future__ import annotations
