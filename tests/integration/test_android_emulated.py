@@ -161,6 +161,9 @@ def test_a_changed_runtime_is_replaced_whole_and_an_incomplete_one_never_starts(
     try:
         deployment.check_device()
         assert deployment.push_runtime() is True
+        # The launcher written into the runtime (docs/android.md, "by hand") runs the same agent.
+        rc, out = deployment._shell("sh /data/local/tmp/dflare/runtime/bin/dflare-agent --version", 120)
+        assert rc == 0 and out.strip().startswith("dflare-agent "), out
         # Another version was there: a marker that does not match, and a file the new one lacks.
         (runtime_dir / RUNTIME_MARKER).write_text("0" * 64 + "\n")
         (runtime_dir / "left-over.py").write_text("")
