@@ -81,7 +81,8 @@ class CampaignConfig:
     seeds: Path = setting("path", ".npz with x (uint8 NHWC) and optional y, or a folder of PNG/JPEG",
                           identity=False)
     target: str = setting("str", "where the compressed model runs: local: (default), grpc://HOST:PORT, "
-                          "adb://SERIAL; options as URI,delegate=D,threads=N", "local:", metavar="URI")
+                          "grpcs://HOST:PORT (TLS), adb://SERIAL; options as URI,delegate=D,threads=N", "local:",
+                          metavar="URI")
     reference_target: str = setting("str", "where the original model runs (default local:)", "local:",
                                     metavar="URI")
     algo: str = setting("str", "search algorithm (default dflare)", "dflare", choices=ALGORITHMS)
@@ -112,6 +113,11 @@ class CampaignConfig:
                           DEFAULT_RERUNS, metavar="N")
     token_file: Path | None = setting("path", "agent token for grpc:// targets (else $DFLARE_TOKEN)", None,
                                       identity=False, metavar="F")
+    tls_ca_file: Path | None = setting("path", "PEM root certificate(s) that verify the agent's TLS certificate "
+                                       "(turns TLS on; grpcs:// uses the system's roots)", None, identity=False,
+                                       metavar="PEM")
+    tls_server_name: str | None = setting("str", "the name the agent's TLS certificate was issued to, when not "
+                                          "the URI's host", None, identity=False, metavar="NAME")
     connect_timeout_s: float | None = setting("float", "how long to wait for an agent to answer before giving up "
                                               "(exit code 3)", None, identity=False, metavar="S")
     fail_on_deviation: bool = setting("bool", "exit with code 1 when a triggering input is found (for CI gates)",
@@ -317,8 +323,8 @@ def _validate(cfg: CampaignConfig) -> None:
         raise bad("std", "values must be non-zero")
     for name in ("target", "reference_target"):
         uri = getattr(cfg, name)
-        if not (uri == "local:" or uri.startswith(("grpc://", "adb://"))):
-            raise bad(name, "expected local:, grpc://HOST:PORT or adb://SERIAL")
+        if not (uri == "local:" or uri.startswith(("grpc://", "grpcs://", "adb://"))):
+            raise bad(name, "expected local:, grpc://HOST:PORT, grpcs://HOST:PORT (TLS) or adb://SERIAL")
     from device_agent.runtime import parse_delegate
 
     for name in ("delegate", "reference_delegate"):

@@ -144,7 +144,8 @@ def open_target(uri: str, config: CampaignConfig) -> Target:
     from host.targets import TargetOptions
     from host.targets import open_target as open_uri
 
-    return open_uri(uri, TargetOptions(token_file=config.token_file, connect_timeout_s=config.connect_timeout_s))
+    return open_uri(uri, TargetOptions(token_file=config.token_file, connect_timeout_s=config.connect_timeout_s,
+                                       tls_ca_file=config.tls_ca_file, tls_server_name=config.tls_server_name))
 
 
 def _model_view(session: Session, spec: ModelSpec) -> dict[str, Any]:

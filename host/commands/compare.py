@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from host.commands.target_flags import add_target_arguments, target_options
 from host.compare.columns import CompareResult, run_compare
 from host.errors import ConfigError
 from host.exit_codes import ExitCode
@@ -47,9 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"minimum timed calls per column (default {DEFAULT_MIN_RUNS})")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel mean, overriding the model's metadata")
     p.add_argument("--std", type=float, nargs="+", help="per-channel std, overriding the model's metadata")
-    p.add_argument("--token-file", type=Path, help="agent token for grpc:// targets (else $DFLARE_TOKEN)")
-    p.add_argument("--connect-timeout-s", type=float,
-                   help="seconds to wait for a grpc:// agent to accept the connection (default: the client's, 10)")
+    add_target_arguments(p)
     p.add_argument("--search", action="store_true", help="also search for triggering inputs between every pair")
     p.add_argument("--algo", default="dflare", help="search algorithm with --search (default dflare)")
     p.add_argument("--max-queries", type=int, default=500, help="per-seed query budget with --search (default 500)")
@@ -76,11 +75,9 @@ def _model_spec(path: Path, args: argparse.Namespace):
 
 
 def _target_opener(args: argparse.Namespace):
-    from host.targets import TargetOptions, open_target
-    from host.targets.options import resolve_token
+    from host.targets import open_target
 
-    # Read once, here: a bad --token-file is an error before any column runs.
-    options = TargetOptions(token=resolve_token(None, args.token_file), connect_timeout_s=args.connect_timeout_s)
+    options = target_options(args)  # read once, here: a bad --token-file fails before any column runs
     return lambda uri: open_target(uri, options)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from host.commands.target_flags import add_target_arguments, target_options
 from host.exit_codes import ExitCode
 
 #: Keys printed first, in this order, in the human-readable view; the rest follow sorted.
@@ -24,16 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show a target's device, runtime and delegates",
         description="Show what a target is: runtime and version, delegates, CPU/ABI, memory, OS, agent limits.",
     )
-    p.add_argument("target", metavar="TARGET", help="local:, grpc://HOST:PORT or adb://SERIAL")
-    p.add_argument("--token-file", type=Path, metavar="F", help="agent token for grpc:// targets (else $DFLARE_TOKEN)")
+    p.add_argument("target", metavar="TARGET", help="local:, grpc://HOST:PORT, grpcs://HOST:PORT (TLS) or adb://SERIAL")
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="print the facts as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from host.targets import TargetOptions, open_target
+    from host.targets import open_target
 
-    target = open_target(args.target, TargetOptions(token_file=args.token_file))
+    target = open_target(args.target, target_options(args))
     try:
         info = target.info()
     finally:

@@ -126,6 +126,8 @@ class LabConfig:
     backoff_s: float = DEFAULT_BACKOFF_S
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     token_file: Path | None = None
+    tls_ca_file: Path | None = None  # verifies grpcs:// (and TLS grpc://) agents' certificates
+    tls_server_name: str | None = None
     budget: CombinationBudget = field(default_factory=CombinationBudget)
     health: HealthCheck | None = None
     latency_ratio: float = DEFAULT_LATENCY_RATIO
@@ -189,6 +191,12 @@ class _LabParser:
             raise self.fail(f"{where}.{key}", f"must be at least {minimum}, got {value!r}")
         return kind(value)
 
+    def text(self, table: dict, key: str, where: str) -> str | None:
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise self.fail(f"{where}.{key}", f"expected a non-empty string, got {value!r}")
+        return value
+
     def delegates(self, value: Any, where: str) -> tuple[str, ...]:
         from device_agent.runtime import parse_delegate
 
@@ -207,7 +215,8 @@ class _LabParser:
         self.keys(self.data, ("lab", "budget", "health", "regression", "device", "model"), "top level")
         lab = self.data.get("lab", {})
         self.keys(lab, ("name", "history", "out", "delegates", "reference_delegate", "max_parallel_devices",
-                        "retries", "backoff_s", "connect_timeout_s", "token_file"), "[lab]")
+                        "retries", "backoff_s", "connect_timeout_s", "token_file", "tls_ca_file", "tls_server_name"),
+                  "[lab]")
         name = lab.get("name", self.path.stem)
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise self.fail("[lab].name", f"use letters, digits, '.', '_' or '-', got {name!r}")
@@ -235,6 +244,8 @@ class _LabParser:
             backoff_s=self.number(lab, "backoff_s", "[lab]", DEFAULT_BACKOFF_S, float, 0),
             connect_timeout_s=self.number(lab, "connect_timeout_s", "[lab]", DEFAULT_CONNECT_TIMEOUT_S, float, 0.1),
             token_file=self.path_value(lab["token_file"], "[lab].token_file") if "token_file" in lab else None,
+            tls_ca_file=self.path_value(lab["tls_ca_file"], "[lab].tls_ca_file") if "tls_ca_file" in lab else None,
+            tls_server_name=self.text(lab, "tls_server_name", "[lab]"),
             budget=self.parse_budget(),
             health=self.parse_health(),
             **self.parse_regression(),
@@ -251,8 +262,9 @@ class _LabParser:
             if ("uri" in table) == ("adb_serial" in table):
                 raise self.fail(where, "give exactly one of uri (local:, grpc://HOST:PORT) or adb_serial")
             uri = table.get("uri") or f"adb://{table['adb_serial']}"
-            if not isinstance(uri, str) or not uri.startswith(("local", "grpc://", "adb://")):
-                raise self.fail(where, f"uri must be local:, grpc://HOST:PORT or adb://SERIAL, got {uri!r}")
+            if not isinstance(uri, str) or not uri.startswith(("local", "grpc://", "grpcs://", "adb://")):
+                raise self.fail(where, f"uri must be local:, grpc://HOST:PORT, grpcs://HOST:PORT or adb://SERIAL, "
+                                       f"got {uri!r}")
             name = table.get("name", uri)
             if not isinstance(name, str) or not name:
                 raise self.fail(where, f"name must be a non-empty string, got {name!r}")

@@ -100,11 +100,13 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
 
 
-def default_open_target(uri: str, token: str | None, connect_timeout_s: float | None = None) -> Target:
-    """Open a device target through ``host.targets.open_target``, passing the token and connect timeout."""
+def default_open_target(uri: str, token: str | None, connect_timeout_s: float | None = None,
+                        tls_ca_file: Path | None = None, tls_server_name: str | None = None) -> Target:
+    """Open a device target through ``host.targets.open_target`` with the token, connect timeout and TLS."""
     from host.targets import TargetOptions, open_target
 
-    return open_target(uri, TargetOptions(token=token, connect_timeout_s=connect_timeout_s))
+    return open_target(uri, TargetOptions(token=token, connect_timeout_s=connect_timeout_s, tls_ca_file=tls_ca_file,
+                                          tls_server_name=tls_server_name))
 
 
 class _DeviceGone(Exception):
@@ -137,8 +139,9 @@ class LabRunner:
 
         self.config = config
         self.history = history
-        self.open_target = open_target or functools.partial(default_open_target,
-                                                            connect_timeout_s=config.connect_timeout_s)
+        self.open_target = open_target or functools.partial(
+            default_open_target, connect_timeout_s=config.connect_timeout_s, tls_ca_file=config.tls_ca_file,
+            tls_server_name=config.tls_server_name)
         self.reference = reference_target or LocalTarget()
         self.on_event = on_event or (lambda event: None)
         self.sleep = sleep

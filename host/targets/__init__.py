@@ -8,7 +8,7 @@ __all__ = ["LocalTarget", "ModelSpec", "Session", "Target", "TargetOptions", "op
 
 
 def open_target(uri: str, options: TargetOptions | None = None, **extra) -> Target:
-    """Open a target from its URI: ``local:``, ``grpc://HOST:PORT`` or ``adb://SERIAL``.
+    """Open a target from its URI: ``local:``, ``grpc://HOST:PORT``, ``grpcs://HOST:PORT`` or ``adb://SERIAL``.
 
     Args:
         uri: where the target is.
@@ -24,7 +24,7 @@ def open_target(uri: str, options: TargetOptions | None = None, **extra) -> Targ
 
     if uri in ("local", "local:"):
         return LocalTarget(**options)
-    if uri.startswith("grpc://"):
+    if uri.startswith(("grpc://", "grpcs://")):
         from host.targets.remote import RemoteTarget
 
         return RemoteTarget(uri, **options)
@@ -32,4 +32,5 @@ def open_target(uri: str, options: TargetOptions | None = None, **extra) -> Targ
         from host.targets.adb import AdbTarget
 
         return AdbTarget(uri, **options)
-    raise ConfigError(f"unknown target URI {uri!r}: expected local:, grpc://HOST:PORT or adb://SERIAL")
+    raise ConfigError(f"unknown target URI {uri!r}: expected local:, grpc://HOST:PORT, grpcs://HOST:PORT (TLS) "
+                      "or adb://SERIAL")

@@ -1,6 +1,7 @@
 """How to reach a target, whatever its kind: the one ``TargetOptions`` that ``open_target`` takes.
 
-Each scheme gets the options that apply to it: an agent (``grpc://``) the token and connect timeout;
+Each scheme gets the options that apply to it: an agent (``grpc://``, ``grpcs://``) the token, connect
+timeout and TLS settings;
 an ``adb://`` device the connect timeout (its deployment makes its own token); the host (``local:``)
 the external delegate libraries it may load. Commands build one ``TargetOptions`` from their flags
 and never filter options by scheme themselves.
@@ -47,18 +48,24 @@ class TargetOptions:
         token_file: a file holding the agent token.
         connect_timeout_s: seconds to wait for an agent to accept a connection (None: the default).
         allowed_external: delegate libraries an ``external:`` delegate may load on the host.
+        tls_ca_file: PEM root certificate(s) that verify an agent's TLS certificate (turns TLS on;
+            ``grpcs://`` turns it on with the system's roots).
+        tls_server_name: the name the agent's certificate was issued to, when it is not the URI's host.
     """
 
     token: str | None = None
     token_file: str | os.PathLike | None = None
     connect_timeout_s: float | None = None
     allowed_external: tuple[str, ...] = ()
+    tls_ca_file: str | os.PathLike | None = None
+    tls_server_name: str | None = None
 
     def for_uri(self, uri: str) -> dict[str, Any]:
         """The keyword arguments the target class of ``uri``'s scheme takes from these options."""
         if uri in ("local", "local:"):
             return {"allowed_external": tuple(self.allowed_external)}
         timeout = {} if self.connect_timeout_s is None else {"connect_timeout_s": self.connect_timeout_s}
-        if uri.startswith("grpc://"):
-            return {"token": self.token, "token_file": self.token_file, **timeout}
+        if uri.startswith(("grpc://", "grpcs://")):
+            tls = {"tls_ca_file": self.tls_ca_file, "tls_server_name": self.tls_server_name}
+            return {"token": self.token, "token_file": self.token_file, **timeout, **tls}
         return timeout  # adb://: the deployment writes and passes its own token

@@ -80,8 +80,12 @@ _PROBE_TIMEOUT_S = 2.0
 
 
 
+#: URI schemes of an agent: plaintext, and TLS (``grpcs://``, as gRPC's own tools spell it).
+SCHEMES = ("grpc", "grpcs")
+
+
 def parse_uri(uri: str) -> tuple[str, int]:
-    """Split ``grpc://HOST:PORT`` (IPv6 as ``grpc://[::1]:PORT``).
+    """Split ``grpc://HOST:PORT`` or ``grpcs://HOST:PORT`` (IPv6 as ``grpc://[::1]:PORT``).
 
     Raises:
         ConfigError: another scheme, or no port.
@@ -91,8 +95,9 @@ def parse_uri(uri: str) -> tuple[str, int]:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme != "grpc" or not parts.hostname or port is None:
-        raise ConfigError(f"bad agent URI {uri!r}: expected grpc://HOST:PORT, e.g. grpc://127.0.0.1:50051")
+    if parts.scheme not in SCHEMES or not parts.hostname or port is None:
+        raise ConfigError(f"bad agent URI {uri!r}: expected grpc://HOST:PORT (grpcs:// for TLS), e.g. "
+                          "grpc://127.0.0.1:50051")
     return parts.hostname, port
 
 
@@ -309,7 +314,7 @@ class RemoteTarget:
         self.backoff_s = backoff_s
         self.max_message_bytes = max_message_bytes
         self._tls_ca_file = tls_ca_file
-        self._tls = tls or tls_ca_file is not None
+        self._tls = tls or tls_ca_file is not None or uri.startswith("grpcs://")
         self._tls_server_name = tls_server_name
         self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token else ()
         self._channel: grpc.Channel | None = None

@@ -110,7 +110,8 @@ def test_every_setting_has_one_flag_and_the_identity_is_unchanged() -> None:
     add_arguments(parser)
     flags = {a.dest for a in parser._actions}
     assert {f.name for f in setting_fields()} <= flags
-    # Stores written by earlier versions resume only while this set stays as it was.
+    # Stores written by earlier versions resume only while the identity keeps its fields: a new setting is
+    # added here (credentials, output, host-side knobs) or to LATER_FIELD_DEFAULTS, never silently.
     expected = {"original", "compressed", "seeds", "out", "token_file", "fail_on_deviation", "connect_timeout_s",
-                "minimize", "minimize_max_queries", "mutation_threads"}
+                "minimize", "minimize_max_queries", "mutation_threads", "tls_ca_file", "tls_server_name"}
     assert expected == NON_IDENTITY_FIELDS
