@@ -464,8 +464,12 @@ def build_runtime(platform: str = PLATFORM, cache_dir: Path | None = None, log: 
                 cached = RuntimeBundle.load(manifest)
                 log(f"cached: {out}")
                 return cached
-        log(f"compiling .pyc and writing {out.name}")
-        compile_tree(tree)
+        if sys.version_info[:2] == tuple(int(p) for p in PYTHON_VERSION.split(".")):
+            log(f"compiling .pyc and writing {out.name}")
+            compile_tree(tree)
+        else:  # another bytecode format: the device would ignore them; it compiles in memory instead (slower start)
+            log(f"writing {out.name} without .pyc (this host runs Python {sys.version_info[0]}.{sys.version_info[1]}, "
+                f"the runtime {PYTHON_VERSION})")
         _, unpacked, files = tree_digest(tree)
         write_tarball(tree, out)
     finally:

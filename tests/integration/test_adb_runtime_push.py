@@ -8,6 +8,7 @@ matches, replaced whole when it does not, and never started without a matching m
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,26 @@ def test_runtime_is_pushed_once_replaced_whole_and_never_started_incomplete(sim:
         assert deployment.pid == 0
     finally:
         deployment.stop()
+
+
+def test_auto_brings_the_runtime_to_an_arm64_phone_without_python_and_uses_a_python_when_there(tmp_path: Path) -> None:
+    keygen(str(tmp_path / "adbkey"))
+    tarball = _fake_runtime(tmp_path, "one")
+    for python, uses_runtime in ((None, True), (sys.executable, False)):
+        config = DeviceConfig(authorized_keys=[(tmp_path / "adbkey.pub").read_text()], python=python)
+        with AdbdSim(tmp_path / f"device-{uses_runtime}", config) as sim:
+            deployment = AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(
+                key_path=tmp_path / "adbkey", auth_timeout_s=1.0, runtime_bundle=tarball))
+            deployment.connect()
+            try:
+                info = deployment.check_device()
+            finally:
+                deployment.stop()
+            assert deployment.uses_runtime is uses_runtime
+            if uses_runtime:  # why the device Python was not used is kept with the facts
+                assert "no Python 3.10+" in info["device_python"]
+            else:
+                assert info["python"]["path"] == "python3"
 
 
 def test_a_runtime_that_does_not_fit_is_refused_before_pushing(tmp_path: Path) -> None:
