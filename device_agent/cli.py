@@ -3,7 +3,8 @@
     dflare-agent serve [--host 127.0.0.1] [--port 50051] [--token-file F] [--tls-cert C --tls-key K]
                        [--cache-dir D] [--cache-max-bytes N] [--allow-delegate PATH ...]
                        [--max-message-bytes N] [--max-batch-bytes N] [--max-sessions N]
-                       [--worker-cpus LIST] [--log-level L]
+                       [--max-streams N] [--max-infer-calls N] [--max-infer-calls-per-session N]
+                       [--stream-idle-timeout-s S] [--batch-timeout-s S] [--worker-cpus LIST] [--log-level L]
 
 Binds loopback by default and refuses a non-loopback address without a token. Once listening it
 prints ``dflare-agent listening on HOST:PORT`` on stdout (the real port when ``--port 0``), which
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -27,12 +29,17 @@ from device_agent.cache import DEFAULT_CAPACITY_BYTES
 from device_agent.cpu_affinity import check_worker_cpus, format_cpu_list, parse_cpu_list, pin_agent_beside_workers
 from device_agent.server import (
     DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_INFER_CALLS,
+    DEFAULT_MAX_INFER_CALLS_PER_SESSION,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S,
     SHUTDOWN_GRACE_S,
     AgentConfig,
     create_server,
 )
+from device_agent.worker import BATCH_TIMEOUT_ENV
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "at most --max-message-bytes)")
     serve.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                        help=f"most models loaded at once (default {DEFAULT_MAX_SESSIONS})")
+    serve.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                       help=f"InferStreams open at once; more get RESOURCE_EXHAUSTED (default {DEFAULT_MAX_STREAMS})")
+    serve.add_argument("--max-infer-calls", type=int, default=DEFAULT_MAX_INFER_CALLS,
+                       help=f"unary Infer calls in progress at once (default {DEFAULT_MAX_INFER_CALLS})")
+    serve.add_argument("--max-infer-calls-per-session", type=int, default=DEFAULT_MAX_INFER_CALLS_PER_SESSION,
+                       help="of those, on one session, so one hung model cannot take them all (default "
+                            f"{DEFAULT_MAX_INFER_CALLS_PER_SESSION})")
+    serve.add_argument("--stream-idle-timeout-s", type=float, default=DEFAULT_STREAM_IDLE_TIMEOUT_S, metavar="S",
+                       help="an InferStream silent this long ends with DEADLINE_EXCEEDED (default "
+                            f"{DEFAULT_STREAM_IDLE_TIMEOUT_S:g})")
+    serve.add_argument("--batch-timeout-s", type=float, default=None, metavar="S",
+                       help="kill a worker whose batch runs longer (default: 50x its slowest measured time per "
+                            "image, at least 30 s)")
     serve.add_argument("--worker-cpus", default="", metavar="LIST",
                        help="run the model workers on these CPUs (e.g. 4-7: a phone's big cores) and the agent's "
                             "own threads on the others, so serving never preempts an interpreter (Linux/Android)")
@@ -108,13 +128,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for path in args.allow_delegate:
         if not Path(path).is_file():
             raise ValueError(f"--allow-delegate {path}: no such file")
+    if args.batch_timeout_s is not None:
+        if args.batch_timeout_s <= 0:
+            raise ValueError(f"--batch-timeout-s must be positive, got {args.batch_timeout_s}")
+        os.environ[BATCH_TIMEOUT_ENV] = repr(args.batch_timeout_s)  # the workers' timeout (device_agent.worker)
     worker_cpus = parse_cpu_list(args.worker_cpus) if args.worker_cpus else ()
     if worker_cpus:
         check_worker_cpus(worker_cpus)
     return AgentConfig(host=args.host, port=args.port, token=token, tls_cert=cert, tls_key=key,
                        cache_dir=args.cache_dir, cache_max_bytes=args.cache_max_bytes,
                        allowed_delegates=tuple(args.allow_delegate), max_message_bytes=args.max_message_bytes,
-                       max_batch_bytes=max_batch, max_sessions=args.max_sessions, worker_cpus=worker_cpus)
+                       max_batch_bytes=max_batch, max_sessions=args.max_sessions, max_streams=args.max_streams,
+                       max_infer_calls=args.max_infer_calls,
+                       max_infer_calls_per_session=args.max_infer_calls_per_session,
+                       stream_idle_timeout_s=args.stream_idle_timeout_s, worker_cpus=worker_cpus)
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -103,3 +103,23 @@ def test_parse_uri_rejects(uri):
 
     with pytest.raises(ConfigError, match="grpc://HOST:PORT"):
         parse_uri(uri)
+
+
+def test_serve_flags_set_the_admission_limits_and_the_batch_timeout(monkeypatch):
+    from device_agent.cli import build_parser, config_from_args
+    from device_agent.worker import BATCH_TIMEOUT_ENV
+
+    monkeypatch.delenv(BATCH_TIMEOUT_ENV, raising=False)
+    args = build_parser().parse_args(["serve", "--max-streams", "4", "--max-infer-calls", "6",
+                                      "--max-infer-calls-per-session", "3", "--stream-idle-timeout-s", "5",
+                                      "--batch-timeout-s", "12.5"])
+    config = config_from_args(args)
+    assert (config.max_streams, config.max_infer_calls, config.max_infer_calls_per_session) == (4, 6, 3)
+    assert config.stream_idle_timeout_s == 5.0 and config.handler_threads == 4 + 6 + 8
+    import os
+
+    assert float(os.environ[BATCH_TIMEOUT_ENV]) == 12.5
+    with pytest.raises(ValueError, match="--batch-timeout-s must be positive"):
+        config_from_args(build_parser().parse_args(["serve", "--batch-timeout-s", "0"]))
+    with pytest.raises(ValueError, match="must be at least 1"):
+        config_from_args(build_parser().parse_args(["serve", "--max-streams", "0"]))
