@@ -43,7 +43,7 @@ SCHEMA_VERSION = 1
 STORE_NAME = "campaign.sqlite"
 
 #: Files and folders of a campaign that ``force_new`` archives together with the store.
-ARTIFACT_NAMES = ("inputs", "summary.json", "junit.xml", "report.html")
+ARTIFACT_NAMES = ("inputs", "summary.json", "junit.xml", "report.html", "explain.json", "explain.html")
 
 #: How long a writer waits for another connection's lock before failing (a reader such as
 #: ``dflare report`` may hold it briefly while the campaign runs).

@@ -140,12 +140,14 @@ def test_force_new_archives_the_old_campaign(tmp_path: Path) -> None:
     (tmp_path / "inputs").mkdir()
     (tmp_path / "inputs" / "0_0.png").write_bytes(b"old")
     (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "explain.json").write_text("{}")  # dflare explain's outputs belong to the old campaign too
     with open_store(tmp_path, cfg=config(algo="random"), force_new=True) as store:
         assert store.finished_indices() == set() and store.requested() == []
         assert json.loads(store.meta("config"))["algo"] == "random"
     (archive,) = (tmp_path / "archive").iterdir()
     assert (archive / "inputs" / "0_0.png").read_bytes() == b"old"
     assert (archive / "summary.json").exists() and not (tmp_path / "summary.json").exists()
+    assert (archive / "explain.json").exists() and not (tmp_path / "explain.json").exists()
     old = sqlite3.connect(archive / STORE_NAME)
     assert old.execute("SELECT count(*) FROM outcomes").fetchone()[0] == 1
 
