@@ -135,6 +135,9 @@ def _run_build(args: argparse.Namespace) -> int:
     else:
         print(f"{bundle.path} ({bundle.size_bytes // 1024} KiB, sha256 {bundle.sha256[:12]}) for {bundle.platform}")
         print(f"the device must provide: {', '.join(bundle.native_requirements)}")
+        if bundle.platform == "android-arm64":
+            print("a stock phone has none of them: dflare bundle build --platform android-arm64 makes the "
+                  "self-contained runtime that dflare deploy adb pushes instead (docs/android.md)")
     return 0
 
 

@@ -260,6 +260,7 @@ class AdbDeployment:
         self._signer: PythonRSASigner | None = None
         self._key_path: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._started_at = 0.0
 
     def __repr__(self) -> str:
         return f"<AdbDeployment {self.address.uri}>"
@@ -704,6 +705,7 @@ class AdbDeployment:
         if rc != 0 or not pid.isdigit():
             raise AgentStartError(self.uri, f"could not launch the agent (exit {rc}): {out[-500:]}")
         self.pid = int(pid)
+        self._started_at = time.monotonic()
         self.device_info["agent"] = {"pid": self.pid, "device_port": self.device_port, "python": self.python}
 
     def _kill_previous(self) -> None:
@@ -761,7 +763,8 @@ class AdbDeployment:
             healthy, last = probe_agent_health(self.grpc_address, self.token)
             if healthy:
                 accepted, last = check_agent_token(self.grpc_address, self.token)
-                if accepted:
+                if accepted:  # launch -> serving with our token: imports, delegate probe, first RPC
+                    self.device_info["agent"]["start_s"] = round(time.monotonic() - self._started_at, 1)
                     return
                 if last.startswith("UNAUTHENTICATED"):
                     raise AgentStartError(self.uri, f"the agent is up but refused the token pushed to "

@@ -150,7 +150,8 @@ def test_deploy_pushes_once_runs_cpu_xnnpack_ref_and_refuses_android_delegates(p
         assert sorted(phone.pushed) == ["data/local/tmp/dflare/token"]
     finally:
         deployment.stop()
-    _record(first_deploy_s=first_deploy_s, push_unpack_s=bundle["push_s"], cached_deploy_s=cached_deploy_s)
+    _record(first_deploy_s=first_deploy_s, push_unpack_s=bundle["push_s"], cached_deploy_s=cached_deploy_s,
+            agent_start_s=deployment.device_info["agent"]["start_s"])
 
 
 def test_a_changed_runtime_is_replaced_whole_and_an_incomplete_one_never_starts(phone: AdbdSim,
