@@ -73,6 +73,8 @@ LOADER = "ld-linux-aarch64.so.1"
 RUNTIME_MANIFEST = "dflare-runtime.json"
 #: Environment variable naming the worker launcher (argv prefix, shell words) for device_agent.worker.
 LAUNCHER_ENV = "DFLARE_AGENT_LAUNCHER"
+#: Built tarballs kept in the cache (newest first): every change to the agent makes a new one (~40 MB).
+KEEP_TARBALLS = 3
 #: The fixed mtime of every tar entry (2020-01-01): same inputs, same bytes.
 FIXED_MTIME = 1577836800
 
@@ -479,7 +481,20 @@ def build_runtime(platform: str = PLATFORM, cache_dir: Path | None = None, log: 
                            unpacked_bytes=unpacked, files=files, tree_sha256=tree_sha, cached=False,
                            build_s=round(time.monotonic() - start, 1))
     manifest.write_text(json.dumps(bundle.to_dict(), indent=1) + "\n")
+    prune_cache(cache_dir, platform)
     return bundle
+
+
+def prune_cache(cache_dir: Path, platform: str = PLATFORM, keep: int = KEEP_TARBALLS) -> list[Path]:
+    """Delete all but the ``keep`` most recently written tarballs (and their .json); returns what went."""
+    tarballs = sorted(cache_dir.glob(f"runtime-{platform}-*.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for old in tarballs[keep:]:
+        for path in (old, old.with_name(old.name + ".json")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(old)
+    return removed
 
 
 def _file_sha256(path: Path) -> str:

@@ -53,6 +53,17 @@ def test_tarball_is_reproducible_sorted_root_owned_with_fixed_mtimes(tmp_path: P
     assert {m.name: m.mode for m in members if m.isfile()} == {"bin/tool": 0o755, "lib/python3.11/os.py": 0o644}
 
 
+def test_cache_keeps_the_newest_tarballs(tmp_path: Path) -> None:
+    for i in range(5):
+        tarball = tmp_path / f"runtime-android-arm64-{i:016x}.tar.gz"
+        tarball.write_bytes(b"x")
+        Path(str(tarball) + ".json").write_text("{}")
+        os.utime(tarball, (1e9 + i, 1e9 + i))
+    removed = runtime_bundle.prune_cache(tmp_path, keep=3)
+    assert sorted(p.name for p in removed) == [f"runtime-android-arm64-{i:016x}.tar.gz" for i in (0, 1)]
+    assert len(list(tmp_path.glob("*.tar.gz"))) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+
+
 def test_tree_digest_covers_names_modes_and_bytes(tmp_path: Path) -> None:
     tree = _tree(tmp_path / "tree")
     digest, total, count = runtime_bundle.tree_digest(tree)
