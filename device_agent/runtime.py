@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Sequence
@@ -326,15 +327,40 @@ def check_tflite_bytes(content: bytes) -> None:
         )
 
 
+def _is_delegate_kernel(op: dict) -> bool:
+    return str(op.get("op_name", "")).upper() == "DELEGATE"
+
+
 def _ops_left_on_cpu(ops: list[dict]) -> list[dict]:
-    """Return the model's ops that no delegate kernel replaced (they run on the CPU kernels).
+    """Return the model's ops that no delegate kernel replaced (they run on the CPU kernels)."""
+    covered = _covered_ops(ops)
+    return [op for op in ops if not _is_delegate_kernel(op) and int(op["index"]) not in covered]
+
+
+def hidden_by_delegate(ops: list[dict]) -> set[int]:
+    """Tensor indices computed inside a delegate partition: written only in the delegate's own memory.
+
+    A delegate kernel writes out its partition's outputs; the tensors between them live inside the
+    delegate (GPU memory, an NNAPI driver) and the interpreter's copies are never filled in.
+
+    Args:
+        ops: the interpreter's ``_get_ops_details()``.
+    """
+    covered = _covered_ops(ops)
+    written = {int(t) for op in ops if _is_delegate_kernel(op) for t in op.get("outputs", ())}
+    return {int(t) for op in ops if not _is_delegate_kernel(op) and int(op["index"]) in covered
+            for t in op.get("outputs", ()) if int(t) >= 0 and int(t) not in written}
+
+
+def _covered_ops(ops: list[dict]) -> set[int]:
+    """Indices of the original ops some delegate kernel replaced.
 
     ``_get_ops_details()`` lists every original node followed by the ``DELEGATE`` kernels that
     replaced some of them. An original node is replaced when it lies between a delegate kernel's
     input and output tensors, so walk back from each kernel's outputs to its inputs.
     """
-    originals = [op for op in ops if str(op.get("op_name", "")).upper() != "DELEGATE"]
-    kernels = [op for op in ops if str(op.get("op_name", "")).upper() == "DELEGATE"]
+    originals = [op for op in ops if not _is_delegate_kernel(op)]
+    kernels = [op for op in ops if _is_delegate_kernel(op)]
     by_index = {int(op["index"]): op for op in originals}
     producer = {int(t): int(op["index"]) for op in originals for t in op.get("outputs", ())}
     covered: set[int] = set()
@@ -352,7 +378,7 @@ def _ops_left_on_cpu(ops: list[dict]) -> list[dict]:
                 continue
             covered.add(index)
             stack.extend(int(t) for t in by_index[index].get("inputs", ()) if int(t) >= 0)
-    return [op for op in originals if int(op["index"]) not in covered]
+    return covered
 
 
 class ModelRunner:
@@ -387,6 +413,9 @@ class ModelRunner:
         self.threads = threads
         self.preprocessing = preprocessing or Preprocessing()
         self._content = model_content  # the interpreter reads from this buffer: keep it alive
+        self._allowed_external = tuple(allowed_external)
+        self._delegate_options = dict(delegate_options or {})
+        self._tensor_reader: TensorReader | None = None
         self._interpreter = self._make_interpreter(allowed_external, delegate_options or {})
         try:
             self._interpreter.allocate_tensors()
@@ -411,10 +440,13 @@ class ModelRunner:
         self.delegated_nodes, self.cpu_ops = self._delegation_summary()
 
     # -- construction -------------------------------------------------------------------------
-    def _make_interpreter(self, allowed_external: Sequence[str], options: dict[str, str]):
+    def _make_interpreter(self, allowed_external: Sequence[str], options: dict[str, str],
+                          preserve_all_tensors: bool = False):
         module = self.runtime.module
         resolver = module.OpResolverType
         kwargs: dict = {"model_content": self._content, "num_threads": self.threads}
+        if preserve_all_tensors:
+            kwargs["experimental_preserve_all_tensors"] = True
         kind = self.delegate.kind
         if kind == "cpu":
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -435,7 +467,11 @@ class ModelRunner:
             kwargs["experimental_delegates"] = [loaded]
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            return module.Interpreter(**kwargs)
+            if not preserve_all_tensors:
+                return module.Interpreter(**kwargs)
+            with warnings.catch_warnings():  # LiteRT warns that keeping every tensor costs memory: asked for
+                warnings.simplefilter("ignore")
+                return module.Interpreter(**kwargs)
         except (ValueError, RuntimeError) as exc:
             raise ModelFormatError(f"the runtime rejected the model: {exc}") from None
 
@@ -471,7 +507,7 @@ class ModelRunner:
             ops = self._interpreter._get_ops_details()  # noqa: SLF001 - no public API for the plan
         except Exception:  # noqa: BLE001 - older runtimes lack it; report nothing rather than fail
             return 0, []
-        delegated = [op for op in ops if str(op.get("op_name", "")).upper() == "DELEGATE"]
+        delegated = [op for op in ops if _is_delegate_kernel(op)]
         cpu_ops = sorted({str(op.get("op_name")) for op in _ops_left_on_cpu(ops)})
         return len(delegated), cpu_ops
 
@@ -563,3 +599,199 @@ class ModelRunner:
             out *= spec.scale
             return out
         return raw.astype(np.float32, copy=True)
+
+    # -- intermediate tensors -----------------------------------------------------------------
+    def tensor_reader(self) -> TensorReader:
+        """The same model on a second interpreter that keeps every tensor, built on first use.
+
+        Raises:
+            ModelFormatError, DelegateUnavailableError: as at construction.
+        """
+        if self._tensor_reader is None:
+            self._tensor_reader = TensorReader(self)
+        return self._tensor_reader
+
+
+@dataclass(frozen=True)
+class ReadTensor:
+    """One tensor read from an interpreter: its raw values and how to dequantize them."""
+
+    name: str
+    index: int
+    array: np.ndarray
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    quantized_dimension: int = 0
+
+
+@dataclass(frozen=True)
+class TensorReadout:
+    """The tensors of one image, those that could not be read, and what to tell a person about them."""
+
+    tensors: list[ReadTensor]
+    hidden: list[tuple[str, int]]
+    note: str
+    outputs_identical: bool
+    invoke_latency_us: int
+
+
+class TensorReader:
+    """A runner's model on an interpreter built with ``experimental_preserve_all_tensors=True``.
+
+    Same bytes, delegate (a fresh instance of it), options and threads as the runner: the tensors
+    come from the device's own kernels. A delegate computes the tensors inside each of its partitions
+    in its own memory and writes out only the partition's outputs; those inner tensors are *hidden*
+    (:func:`hidden_by_delegate`), as is any tensor the interpreter refuses to read.
+
+    Args:
+        runner: the session's runner (its interpreter stays as it is, without kept tensors).
+
+    Raises:
+        ModelFormatError, DelegateUnavailableError: the interpreter cannot be built.
+    """
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self._interpreter = runner._make_interpreter(runner._allowed_external, runner._delegate_options,  # noqa: SLF001
+                                                     preserve_all_tensors=True)
+        input_index = runner._input_index  # noqa: SLF001 - the same model: the same tensor indices
+        if runner.input_spec.shape[0] != 1:
+            self._interpreter.resize_tensor_input(input_index, [1, *runner.image_shape])
+        try:
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelFormatError(f"the runtime could not allocate the model's tensors: {exc}") from None
+        self._details = {int(d["index"]): d for d in self._interpreter.get_tensor_details()}
+        try:
+            ops = self._interpreter._get_ops_details()  # noqa: SLF001 - no public API for the plan
+        except Exception:  # noqa: BLE001 - older runtimes lack it: nothing is known to be hidden
+            ops = []
+        self.delegate_kernels = sum(1 for op in ops if _is_delegate_kernel(op))
+        self.hidden = hidden_by_delegate(ops)
+        #: Every activation in execution order: the graph's inputs, then each op's outputs.
+        self.activations: list[int] = []
+        for index in [int(d["index"]) for d in self._interpreter.get_input_details()] + [
+                int(t) for op in sorted((o for o in ops if not _is_delegate_kernel(o)), key=lambda o: int(o["index"]))
+                for t in op.get("outputs", ())]:
+            if index >= 0 and index not in self.activations:
+                self.activations.append(index)
+
+    def select(self, names: Sequence[str] = (), indices: Sequence[int] = ()) -> list[int]:
+        """The tensor indices asked for (every activation when both are empty), in the order asked.
+
+        Raises:
+            InputError: a name or index the model does not have (the message lists them).
+        """
+        if not names and not indices:
+            return list(self.activations)
+        by_name: dict[str, list[int]] = {}
+        for index, detail in self._details.items():
+            by_name.setdefault(str(detail["name"]), []).append(index)
+        unknown_names = [n for n in names if n not in by_name]
+        unknown_indices = [i for i in indices if int(i) not in self._details]
+        if unknown_names or unknown_indices:
+            parts = []
+            if unknown_names:
+                quoted = ", ".join(repr(_elided(n)) for n in unknown_names[:_UNKNOWN_LISTED])
+                extra = len(unknown_names) - _UNKNOWN_LISTED
+                more = f" and {extra} more" if extra > 0 else ""
+                parts.append(f"{len(unknown_names)} tensor name(s) not in the model: {quoted}{more}")
+            if unknown_indices:
+                listed = ", ".join(str(i) for i in unknown_indices[:_UNKNOWN_LISTED])
+                parts.append(f"tensor index(es) {listed} not in the model (it has {len(self._details)} tensors, "
+                             f"0..{len(self._details) - 1})")
+            raise InputError("; ".join(parts) + "; leave names and indices empty for every activation")
+        selected: list[int] = []
+        for index in [i for n in names for i in by_name[n]] + [int(i) for i in indices]:
+            if index not in selected:
+                selected.append(index)
+        return selected
+
+    def nbytes(self, indices: Sequence[int]) -> int:
+        """Bytes of data the tensors ``indices`` hold (hidden ones count nothing: they are not sent)."""
+        total = 0
+        for index in indices:
+            if index not in self.hidden:
+                detail = self._details[index]
+                total += math.prod(int(d) for d in detail["shape"]) * np.dtype(detail["dtype"]).itemsize
+        return total
+
+    def read(self, images: np.ndarray, indices: Sequence[int]) -> TensorReadout:
+        """Run one image (uint8 or the model's input dtype, shape (1, H, W, C)) and read ``indices``.
+
+        Also runs the image on the runner's own interpreter, to say whether keeping every tensor
+        changed the outputs (a delegate may plan the graph differently then).
+
+        Raises:
+            InputError: the image does not fit the model, or is not one image.
+        """
+        if images.ndim != 4 or images.shape[0] != 1:
+            raise InputError(f"GetTensors takes one image, shape (1, {', '.join(map(str, self.runner.image_shape))}); "
+                             f"got shape {tuple(images.shape)}")
+        tensor = np.ascontiguousarray(self.runner.prepare(images))
+        self._interpreter.set_tensor(self.runner._input_index, tensor)  # noqa: SLF001
+        start = time.perf_counter()
+        self._interpreter.invoke()
+        invoke_us = int((time.perf_counter() - start) * 1e6)
+        read, hidden, unreadable = [], [], 0
+        for index in indices:
+            detail = self._details[index]
+            name = str(detail["name"])
+            if index in self.hidden:
+                hidden.append((name, index))
+                continue
+            try:
+                array = np.array(self._interpreter.get_tensor(index))  # a copy: the next invoke overwrites it
+            except ValueError:
+                hidden.append((name, index))
+                unreadable += 1
+                continue
+            q = detail.get("quantization_parameters", {}) or {}
+            read.append(ReadTensor(name, index, array, tuple(float(s) for s in q.get("scales", ())),
+                                   tuple(int(z) for z in q.get("zero_points", ())),
+                                   int(q.get("quantized_dimension", 0))))
+        session_outputs = self.runner.infer_all(tensor, prepared=True)
+        mine = [self._dequantized(index, spec) for index, spec in
+                zip(self.runner._output_indices, self.runner.output_specs)]  # noqa: SLF001
+        identical = all(np.array_equal(a, b) for a, b in zip(mine, session_outputs))
+        return TensorReadout(read, hidden, self._note(len(indices), len(hidden) - unreadable, unreadable, identical,
+                                                      mine, session_outputs), identical, invoke_us)
+
+    def _dequantized(self, index: int, spec: TensorSpec) -> np.ndarray:
+        raw = self._interpreter.get_tensor(index)
+        if spec.quantized:
+            out = raw.astype(np.float32)
+            out -= spec.zero_point
+            out *= spec.scale
+            return out
+        return raw.astype(np.float32, copy=True)
+
+    def _note(self, asked: int, inside: int, unreadable: int, identical: bool, mine: list[np.ndarray],
+              session: list[np.ndarray]) -> str:
+        notes = []
+        if inside:
+            notes.append(f"the {self.runner.delegate} delegate computes {inside} of the {asked} tensors asked for "
+                         f"inside its {self.delegate_kernels} partition(s) and never writes them out (listed in "
+                         "hidden)")
+        if unreadable:
+            notes.append(f"{unreadable} of the {asked} tensors asked for cannot be read from the interpreter "
+                         "(listed in hidden)")
+        if not identical:
+            diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(mine, session))
+            notes.append(f"keeping every tensor changed the model's outputs (largest difference {diff:.3g}): the "
+                         f"{self.runner.delegate} delegate plans the graph differently then, and these tensors "
+                         "show that plan")
+        return "; ".join(notes)
+
+
+#: Unknown names or indices quoted in an error message; the rest are counted.
+_UNKNOWN_LISTED = 5
+#: Longest tensor name quoted in an error message.
+_QUOTED_NAME_CHARS = 80
+
+
+def _elided(text: str) -> str:
+    if len(text) <= _QUOTED_NAME_CHARS:
+        return text
+    keep = (_QUOTED_NAME_CHARS - 30) // 2
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters cut)...{text[-keep:]}"

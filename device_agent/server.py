@@ -45,7 +45,7 @@ from device_agent.errors import (
 )
 from device_agent.sessions import DEFAULT_MAX_SESSIONS, LoadRequest, SessionManager
 from device_agent.wire_dtypes import DTYPE_BY_ENUM, ENUM_BY_DTYPE
-from device_agent.worker import IN_FLIGHT_SLOTS, InferResult
+from device_agent.worker import IN_FLIGHT_SLOTS, InferResult, TensorsResult
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ MAX_MODEL_NAME_CHARS = 256
 MAX_THREADS_PER_CPU = 4
 #: Most mean/std values a LoadModel may carry; real models have 1 to 4 channels.
 MAX_PREPROCESSING_VALUES = 64
+#: Room kept in a GetTensors reply beside the tensors' data, for their names, shapes and quantization
+#: (a few hundred bytes each; thousands of tensors in a large model). The whole reply is checked
+#: against the message cap as well before it is sent.
+TENSORS_HEADROOM_BYTES = 256 << 10
 #: Longest wait for gRPC to finish a stream it ended itself (see _await_grpc_status).
 _STATUS_WAIT_S = 5.0
 #: How often a stream's request pump checks whether the stream ended while its queue is full.
@@ -459,6 +463,28 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         check_session_id(request.session_id)
         return self.sessions.submit(request.session_id, tensor.shape, dtype, tensor.data)
 
+    def GetTensors(self, request, context):  # noqa: N802
+        """One image's intermediate tensors, within min(max_bytes, the message cap minus headroom)."""
+        with _status_from_errors(context), self._infer_calls.admit(request.session_id):
+            tensor = request.input
+            dtype = DTYPE_BY_ENUM.get(tensor.dtype)
+            if dtype is None:
+                raise InvalidRequestError(
+                    "input dtype is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)")
+            check_session_id(request.session_id)
+            limit, reason = tensors_limit(request.max_bytes, self.config.max_message_bytes)
+            result = self.sessions.tensors(request.session_id, tensor.shape, dtype, tensor.data,
+                                           list(request.tensor_names), list(request.tensor_indices),
+                                           limit, reason).result()
+            response = _tensors_response(result)
+            size = response.ByteSize()
+            if size > self.config.max_message_bytes:
+                raise LimitExceededError(
+                    f"the reply with {len(response.tensors)} tensors is {size} bytes, over this agent's message "
+                    f"limit of {self.config.max_message_bytes} bytes (--max-message-bytes); ask for fewer tensors"
+                )
+            return response
+
     def UnloadModel(self, request, context):  # noqa: N802
         with _status_from_errors(context):
             check_session_id(request.session_id)
@@ -477,6 +503,41 @@ def check_session_id(session_id: str) -> None:
             f"unknown session {shorten(session_id)!r}: {len(session_id)} characters, but session ids are at most "
             f"{MAX_SESSION_ID_CHARS}; use the session_id LoadModel returned"
         )
+
+
+def tensors_limit(max_bytes: int, max_message_bytes: int) -> tuple[int, str]:
+    """The most tensor data a GetTensors reply may carry, and where that limit comes from.
+
+    ``max_bytes`` (0: none) or the message cap minus :data:`TENSORS_HEADROOM_BYTES`, whichever is smaller.
+    """
+    cap = max(0, max_message_bytes - TENSORS_HEADROOM_BYTES)
+    if max_bytes and max_bytes <= cap:
+        return int(max_bytes), "the request's max_bytes"
+    return cap, (f"this agent's --max-message-bytes of {max_message_bytes} less {TENSORS_HEADROOM_BYTES} bytes "
+                 "kept for the tensors' names, shapes and quantization")
+
+
+def _tensors_response(result: TensorsResult) -> agent_pb2.GetTensorsResponse:
+    response = agent_pb2.GetTensorsResponse(note=result.note, delegate=result.delegate,
+                                            outputs_identical=result.outputs_identical,
+                                            invoke_latency_us=result.invoke_latency_us)
+    hidden = list(result.hidden)
+    no_wire_type = 0
+    for name, index, shape, dtype, data, scales, zero_points, quantized_dimension in result.tensors:
+        if dtype not in ENUM_BY_DTYPE:  # bool, strings, int4: the protocol has no DataType for them
+            hidden.append((name, index))
+            no_wire_type += 1
+            continue
+        response.tensors.add(name=name, index=index,
+                             tensor=agent_pb2.Tensor(shape=shape, dtype=ENUM_BY_DTYPE[dtype], data=data),
+                             scales=scales, zero_points=zero_points, quantized_dimension=quantized_dimension)
+    for name, index in hidden:
+        response.hidden.append(name)
+        response.hidden_indices.append(index)
+    if no_wire_type:
+        extra = f"{no_wire_type} tensor(s) have a dtype the protocol cannot carry (listed in hidden)"
+        response.note = f"{response.note}; {extra}" if response.note else extra
+    return response
 
 
 def check_load_request(request: agent_pb2.LoadModelRequest, cpu_count: int) -> None:

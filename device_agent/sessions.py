@@ -237,6 +237,30 @@ class SessionManager:
             self.restart_in_background(session)
             raise
 
+    def tensors(self, session_id: str, shape: Sequence[int], dtype: str, data: bytes, names: Sequence[str],
+                indices: Sequence[int], limit_bytes: int, limit_reason: str) -> Future:
+        """Validate one image and queue a GetTensors on the session's worker (see ``Worker.tensors``).
+
+        Returns:
+            A future resolving to a :class:`~device_agent.worker.TensorsResult`.
+
+        Raises:
+            NotFoundError: unknown session.
+            InvalidRequestError: the input is not one image that fits the model.
+            WorkerCrashedError: the worker died and could not be restarted.
+        """
+        session = self.get(session_id)
+        shape = validate_batch(session, shape, dtype, len(data), self.max_batch_bytes)
+        if shape[0] != 1:
+            raise InvalidRequestError(f"GetTensors takes one image, shape (1, {', '.join(map(str, shape[1:]))}); "
+                                      f"got a batch of {shape[0]}")
+        worker = self._live_worker(session)
+        try:
+            return worker.tensors(data, shape, dtype, names, indices, limit_bytes, limit_reason)
+        except WorkerCrashedError:
+            self.restart_in_background(session)
+            raise
+
     def _live_worker(self, session: Session) -> Worker:
         with session.lock:
             if session.worker.alive:

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_agent import launch, runtime, shm
-from device_agent.errors import InvalidRequestError, WorkerCrashedError
+from device_agent.errors import InvalidRequestError, LimitExceededError, WorkerCrashedError
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,16 @@ DEFAULT_BATCH_MEMORY_BYTES = 256 << 20
 BATCH_MEMORY_ENV = "DFLARE_AGENT_BATCH_MEMORY_BYTES"
 #: Images of the batch run at load to measure the interpreter's memory per image.
 _PROBE_IMAGES = 8
+#: A GetTensors call may run as long as a batch of this many images: it may build an interpreter
+#: (the first call) and it invokes twice, the kept-tensor interpreter and the session's own.
+_TENSORS_TIMEOUT_IMAGES = 4
 
 _ERROR_KINDS: dict[str, type[Exception]] = {
     "model_format": runtime.ModelFormatError,
     "input": runtime.InputError,
     "delegate_unavailable": runtime.DelegateUnavailableError,
     "invalid": InvalidRequestError,
+    "limit": LimitExceededError,
 }
 
 
@@ -142,6 +146,27 @@ class InferResult:
     outputs: list[tuple[tuple[int, ...], bytes]]
     invoke_latency_us: int
     run_latency_us: int
+
+
+@dataclass(frozen=True)
+class TensorsResult:
+    """One image's intermediate tensors, read by the worker (see :class:`runtime.TensorReader`).
+
+    Attributes:
+        tensors: (name, index, shape, dtype, bytes, scales, zero_points, quantized_dimension) each.
+        hidden: (name, index) of the tensors asked for that the delegate keeps to itself.
+        note: what a person should know about them ("" when nothing).
+        delegate: the delegate that ran the image.
+        outputs_identical: the outputs equal the session's own interpreter's, bit for bit.
+        invoke_latency_us: the interpreter's invoke() time.
+    """
+
+    tensors: list[tuple[str, int, tuple[int, ...], str, bytes, tuple[float, ...], tuple[int, ...], int]]
+    hidden: list[tuple[str, int]]
+    note: str
+    delegate: str
+    outputs_identical: bool
+    invoke_latency_us: int
 
 
 class _Slot:
@@ -429,6 +454,32 @@ class Worker:
         """Run one batch and wait for it (see :meth:`submit`)."""
         return self.submit(data, shape, dtype).result()
 
+    def tensors(self, data: bytes, shape: Sequence[int], dtype: str, names: Sequence[str], indices: Sequence[int],
+                limit_bytes: int, limit_reason: str) -> Future:
+        """Queue one image for :class:`runtime.TensorReader`; the future resolves to a :class:`TensorsResult`.
+
+        The image and the tensors travel over the pipe, not through a slot: this is a debugging call
+        for one image, and its reply can be far larger than a slot's outputs.
+
+        Args:
+            data, shape, dtype: the image, (1, H, W, C), uint8 or the model's input dtype.
+            names, indices: the tensors asked for (both empty: every activation).
+            limit_bytes: the most tensor data the reply may carry.
+            limit_reason: where that limit comes from, for the error message.
+
+        Raises (through the future):
+            runtime.InputError: an unknown name or index, or an image that does not fit.
+            LimitExceededError: the tensors hold more than ``limit_bytes``.
+            WorkerCrashedError: the worker died.
+        """
+        shape = tuple(int(d) for d in shape)
+        future = self._call(("tensors", bytes(data), shape, dtype, list(names), [int(i) for i in indices],
+                             int(limit_bytes), limit_reason), f"reading the tensors of an image of shape {shape}")
+        future.queued_at = time.monotonic()
+        # Building the kept-tensor interpreter (first call) and two invokes: a batch of a few images.
+        future.timeout_s = self.batch_timeout(_TENSORS_TIMEOUT_IMAGES)
+        return future
+
     def _call(self, message: tuple, what: str, slot: int | None = None, fds: Sequence[int] = ()) -> Future:
         future = _WorkerFuture(self)
         with self._send_lock:
@@ -676,6 +727,8 @@ class _ChildState:
             return ("ok", self._attach(*args))
         if op == "infer":
             return self._infer(*args)
+        if op == "tensors":
+            return ("ok", self._tensors(*args))
         raise RuntimeError(f"unknown worker operation {op!r}")
 
     def _load(self, spec: LoadSpec) -> LoadResult:
@@ -705,6 +758,23 @@ class _ChildState:
             finally:
                 os.close(fd)
             self.input_bytes.append(input_bytes)
+
+    def _tensors(self, data: bytes, shape: tuple[int, ...], dtype: str, names: list[str], indices: list[int],
+                 limit_bytes: int, limit_reason: str) -> TensorsResult:
+        reader = self.runner.tensor_reader()  # built on first use: most sessions never need it
+        selected = reader.select(names, indices)
+        nbytes = reader.nbytes(selected)
+        if nbytes > limit_bytes:
+            raise LimitExceededError(
+                f"the {len(selected)} tensors asked for hold {nbytes} bytes, over the limit of {limit_bytes} bytes "
+                f"({limit_reason}); ask for fewer tensors (tensor_names or tensor_indices) or raise max_bytes"
+            )
+        images = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+        readout = reader.read(images, selected)
+        tensors = [(t.name, t.index, tuple(int(d) for d in t.array.shape), t.array.dtype.name, t.array.tobytes(),
+                    t.scales, t.zero_points, t.quantized_dimension) for t in readout.tensors]
+        return TensorsResult(tensors, readout.hidden, readout.note, str(self.runner.delegate),
+                             readout.outputs_identical, readout.invoke_latency_us)
 
     def _infer(self, index: int, shape: tuple[int, ...], dtype: str, prepared: bool = False) -> tuple:
         if self.fault == "abort_on_infer":

@@ -222,3 +222,51 @@ class UnloadModelRequest(_message.Message):
 class UnloadModelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetTensorsRequest(_message.Message):
+    __slots__ = ("session_id", "input", "tensor_names", "tensor_indices", "max_bytes")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_INDICES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    input: Tensor
+    tensor_names: _containers.RepeatedScalarFieldContainer[str]
+    tensor_indices: _containers.RepeatedScalarFieldContainer[int]
+    max_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., tensor_names: _Optional[_Iterable[str]] = ..., tensor_indices: _Optional[_Iterable[int]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "index", "tensor", "scales", "zero_points", "quantized_dimension")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINTS_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZED_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: int
+    tensor: Tensor
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    zero_points: _containers.RepeatedScalarFieldContainer[int]
+    quantized_dimension: int
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., scales: _Optional[_Iterable[float]] = ..., zero_points: _Optional[_Iterable[int]] = ..., quantized_dimension: _Optional[int] = ...) -> None: ...
+
+class GetTensorsResponse(_message.Message):
+    __slots__ = ("tensors", "hidden", "hidden_indices", "note", "delegate", "outputs_identical", "invoke_latency_us")
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_INDICES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_IDENTICAL_FIELD_NUMBER: _ClassVar[int]
+    INVOKE_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    hidden: _containers.RepeatedScalarFieldContainer[str]
+    hidden_indices: _containers.RepeatedScalarFieldContainer[int]
+    note: str
+    delegate: str
+    outputs_identical: bool
+    invoke_latency_us: int
+    def __init__(self, tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., hidden: _Optional[_Iterable[str]] = ..., hidden_indices: _Optional[_Iterable[int]] = ..., note: _Optional[str] = ..., delegate: _Optional[str] = ..., outputs_identical: _Optional[bool] = ..., invoke_latency_us: _Optional[int] = ...) -> None: ...

@@ -66,6 +66,11 @@ class AgentStub:
                 request_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.GetTensors = channel.unary_unary(
+                '/dflare.agent.v1.Agent/GetTensors',
+                request_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsRequest.SerializeToString,
+                response_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -119,6 +124,15 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTensors(self, request, context):
+        """Run one image through a session's model, on the session's delegate, with every intermediate
+        tensor kept, and return the tensors asked for (since 1.1). For explaining a deviation layer by
+        layer with the device's own kernels. Tensors a delegate keeps to itself are listed in `hidden`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +165,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelRequest.FromString,
                     response_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'GetTensors': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTensors,
+                    request_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsRequest.FromString,
+                    response_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +336,33 @@ class Agent:
             '/dflare.agent.v1.Agent/UnloadModel',
             dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelRequest.SerializeToString,
             dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTensors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dflare.agent.v1.Agent/GetTensors',
+            dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsRequest.SerializeToString,
+            dflare_dot_agent_dot_v1_dot_agent__pb2.GetTensorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,13 +23,16 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from host.deploy.adb import AdbDeployment, AdbDeployOptions, DeviceAddress
 from host.errors import ConfigError, DeployError, TargetUnreachableError
 from host.targets.base import ModelSpec
+
+if TYPE_CHECKING:
+    from host.targets.remote import DeviceTensors
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -224,6 +227,11 @@ class AdbSession:
         """Run several batches over one stream (see ``RemoteSession.infer_many``)."""
         return self._target.call(f"streaming through {self._session.model.name}",
                                  lambda: self._session.infer_many(batches, **kw))
+
+    def tensors(self, image: np.ndarray, **kw) -> DeviceTensors:
+        """One image's intermediate tensors from the device (see ``RemoteSession.tensors``)."""
+        return self._target.call(f"reading the tensors of {self._session.model.name}",
+                                 lambda: self._session.tensors(image, **kw))
 
     def close(self) -> None:
         """Unload the model on the device's agent."""

@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
@@ -99,6 +100,46 @@ def parse_uri(uri: str) -> tuple[str, int]:
         raise ConfigError(f"bad agent URI {uri!r}: expected grpc://HOST:PORT (grpcs:// for TLS), e.g. "
                           "grpc://127.0.0.1:50051")
     return parts.hostname, port
+
+
+#: The protocol minor that added GetTensors.
+_GET_TENSORS_MINOR = 1
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a tensor's raw values map to reals: ``(q - zero_point) * scale``, per channel along
+    ``quantized_dimension`` when there are several scales; empty scales: not quantized."""
+
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    quantized_dimension: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceTensors:
+    """One image's tensors as the agent's interpreter held them (``RemoteSession.tensors``).
+
+    Attributes:
+        by_index: interpreter tensor index -> (name, raw array, quantization), in the order returned.
+        hidden: index -> name of the tensors asked for that the delegate keeps to itself.
+        note: the agent's word on them ("" when nothing to say).
+        delegate: the delegate that ran the image.
+        outputs_identical: the outputs equal, bit for bit, those of the session's interpreter.
+        invoke_ms: the agent's invoke() time.
+    """
+
+    by_index: dict[int, tuple[str, np.ndarray, Quantization]]
+    hidden: dict[int, str]
+    note: str
+    delegate: str
+    outputs_identical: bool
+    invoke_ms: float
+
+    @property
+    def tensors(self) -> dict[str, tuple[np.ndarray, Quantization]]:
+        """Name -> (raw array, quantization); a name several tensors share keeps the last one."""
+        return {name: (array, q) for name, array, q in self.by_index.values()}
 
 
 class RemoteSession:
@@ -251,6 +292,56 @@ class RemoteSession:
             raise ProtocolError(self.target, f"InferStream ended after {len(results)} of {len(checked)} batches")
         return results
 
+    # -- intermediate tensors ---------------------------------------------------------------------
+    def tensors(self, image: np.ndarray, names: Sequence[str] | None = None, indices: Sequence[int] | None = None,
+                max_bytes: int = 0) -> DeviceTensors:
+        """Run one image on the agent with every intermediate tensor kept; return the tensors asked for.
+
+        The agent runs the session's model on its own delegate and kernels (GetTensors, protocol 1.1).
+
+        Args:
+            image: one uint8 (H, W, C) image, or (1, H, W, C); or a tensor in the model's input dtype.
+            names: tensor names to return; with ``indices`` also None, every activation.
+            indices: interpreter tensor indices to return.
+            max_bytes: the most tensor data the reply may carry (0: the agent's own limit).
+
+        Raises:
+            InvalidRequestError: the image does not fit, a name or index is not in the model
+                (INVALID_ARGUMENT), or the tensors exceed the limit (RESOURCE_EXHAUSTED).
+            ProtocolError: the agent is older than protocol 1.1 (no GetTensors).
+            WorkerCrashedError, TargetUnreachableError.
+        """
+        batch = image[None] if isinstance(image, np.ndarray) and image.ndim == 3 else image
+        batch = self._check(batch)
+        if len(batch) != 1:
+            raise InvalidRequestError(self.target, f"{self.model.name}: GetTensors takes one image, got {len(batch)}")
+        info = self.target.device_info_message()
+        if (info.protocol_major, info.protocol_minor) < (1, _GET_TENSORS_MINOR):
+            raise ProtocolError(self.target, f"the agent speaks protocol {info.protocol_major}.{info.protocol_minor}, "
+                                             f"GetTensors needs 1.{_GET_TENSORS_MINOR}: update the agent "
+                                             f"(agent {info.agent_version})")
+        request = agent_pb2.GetTensorsRequest(
+            session_id=self.session_id, tensor_names=list(names or ()), tensor_indices=list(indices or ()),
+            max_bytes=int(max_bytes),
+            input=agent_pb2.Tensor(shape=batch.shape, dtype=ENUM_BY_DTYPE[batch.dtype.name], data=batch.tobytes()))
+        response = self.target._invoke("GetTensors", request, self.target.rpc_timeout_s,
+                                       what=f"reading the tensors of {self.model.name}")
+        by_index: dict[int, tuple[str, np.ndarray, Quantization]] = {}
+        for t in response.tensors:
+            shape = tuple(int(d) for d in t.tensor.shape)
+            dtype = DTYPE_BY_ENUM.get(t.tensor.dtype)
+            data = t.tensor.data
+            if dtype is None or len(data) != math.prod(shape) * np.dtype(dtype).itemsize:
+                raise ProtocolError(self.target, f"{self.model.name}: the agent sent tensor {t.name!r} as "
+                                                 f"{len(data)} bytes for shape {shape}, dtype {t.tensor.dtype}")
+            array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+            by_index[int(t.index)] = (t.name, array, Quantization(tuple(float(s) for s in t.scales),
+                                                                  tuple(int(z) for z in t.zero_points),
+                                                                  int(t.quantized_dimension)))
+        return DeviceTensors(by_index, dict(zip(response.hidden_indices, response.hidden)), response.note,
+                             response.delegate, bool(response.outputs_identical),
+                             response.invoke_latency_us / 1000.0)
+
     def close(self) -> None:
         """Unload the model on the agent (the agent keeps the file in its cache)."""
         if self._closed:
@@ -402,6 +493,12 @@ class RemoteTarget:
                             what="asking for device info", connect=False)
         self._device_info = info
         return info
+
+    def device_info_message(self) -> agent_pb2.DeviceInfo:
+        """The agent's GetDeviceInfo answer, as read when connecting (asked for again if not yet read)."""
+        if self._device_info is None:
+            self._connect()
+        return self._device_info
 
     def device_limits(self) -> tuple[int, int]:
         """(max message bytes, max batch bytes) the agent accepts."""
