@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 
 from device_agent.runtime import Preprocessing
-from host.errors import CampaignError, ModelError
+from host.errors import CampaignError, ModelError, TargetUnreachableError
 from host.explain import blame
 from host.explain.html import write_explain_html
 from host.explain.matching import Matching, match_graphs
 from host.explain.metrics import ErrorStats, error_stats, growth
 from host.explain.output import write_explain
-from host.explain.tensors import GraphRunner
+from host.explain.tensors import DeviceGraphRunner, GraphRunner
 from host.records import InputRecord
 from host.store import CampaignStore
+from host.targets import ModelSpec, TargetOptions, open_target
 
 #: The schema of explain.json; bumped when a field changes meaning or goes away (additions keep it).
 SCHEMA = "dflare-explain/1"
@@ -96,13 +97,42 @@ def _preprocessing(target: dict[str, Any], config: dict[str, Any], path: Path, c
     return preprocessing_for(path, content) or Preprocessing()
 
 
-def _kernel_notes(source: ModelSource, runner: GraphRunner) -> list[str]:
+#: Target schemes whose agent can measure the compressed side itself (GetTensors).
+DEVICE_SCHEMES = ("grpc://", "grpcs://", "adb://")
+
+
+def _kernel_notes(source: ModelSource, runner: GraphRunner | DeviceGraphRunner,
+                  fallback: str = "") -> list[str]:
+    if isinstance(runner, DeviceGraphRunner):
+        notes = [f"measured on the agent at {runner.device} (GetTensors), with the device's own {runner.kernels} "
+                 "kernels and delegate"]
+        if runner.hidden:
+            notes.append(f"the {runner.kernels} delegate keeps {len(runner.hidden)} tensor(s) to itself (computed "
+                         "inside a delegate partition, never written out); they are listed in hidden and left "
+                         "unmatched")
+        if runner.note:
+            notes.append(f"the agent says: {runner.note}")
+        return notes
     notes = [runner.note] if runner.note else []
+    if fallback:
+        notes.append(fallback)
     if source.target != "local:":
+        hint = "" if fallback else ("; measuring on the device is opt-in (dflare explain --device, through the "
+                                    "agent), making it the default is future work")
         notes.append(f"the campaign ran this model on {source.target}; these figures come from this host's "
-                     f"{runner.kernels} kernels, which may round differently from the device's (a device-side "
-                     "tensor RPC is future work)")
+                     f"{runner.kernels} kernels, which may round differently from the device's{hint}")
     return notes
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """``dflare explain --device``: measure the compressed side on the campaign's agent.
+
+    Attributes:
+        target_options: how to reach it (token, TLS, connect timeout).
+    """
+
+    target_options: TargetOptions | None = None
 
 
 class Explainer:
@@ -111,22 +141,76 @@ class Explainer:
     Args:
         store: the campaign's store (read only).
         overrides: model paths per role replacing the stored config's.
+        device: measure the compressed side on the campaign's agent when it ran on one (None: in process).
 
     Raises:
         CampaignError: see :func:`model_sources`.
         ModelError: a model cannot be loaded for explain.
+        host.errors.TargetError: the agent was reached but refused or failed (an unreachable one
+            falls back to this process, with a note).
     """
 
-    def __init__(self, store: CampaignStore, overrides: dict[str, Path | None] | None = None) -> None:
+    def __init__(self, store: CampaignStore, overrides: dict[str, Path | None] | None = None,
+                 device: DeviceOptions | None = None) -> None:
         self.store = store
         self.sources = model_sources(store, overrides)
-        self.runners = {role: GraphRunner(s.content, s.delegate, s.preprocessing, role, s.threads)
-                        for role, s in self.sources.items()}
+        self._target = None
+        self._device: dict[str, Any] = {}  # the agent's GetDeviceInfo, when the compressed side runs there
+        self._fallback: dict[str, str] = {}
+        self.runners: dict[str, GraphRunner | DeviceGraphRunner] = {}
+        try:
+            for role, s in self.sources.items():
+                remote = device is not None and role == "compressed" and s.target.startswith(DEVICE_SCHEMES)
+                runner = self._device_runner(s, device) if remote else None
+                if device is not None and role == "compressed" and not remote:
+                    self._fallback[role] = (f"--device: the campaign ran this model on {s.target}, not on an agent; "
+                                            "measured in this process")
+                self.runners[role] = runner or GraphRunner(s.content, s.delegate, s.preprocessing, role, s.threads)
+        except BaseException:
+            self.close()
+            raise
         self.matching: Matching = match_graphs(self.runners["original"].graph, self.runners["compressed"].graph)
         if not self.matching.matches:
             raise ModelError("no tensor of the original model matches one of the compressed model's "
                              "(different architectures?): nothing to explain")
         self._seed_cache: dict[int, tuple[list[ErrorStats], dict[str, int]]] = {}
+
+    def _device_runner(self, source: ModelSource, device: DeviceOptions) -> DeviceGraphRunner | None:
+        """The source's model loaded on the campaign's agent; None (and a note) when it cannot be reached."""
+        try:
+            self._target = open_target(source.target, device.target_options)
+            session = self._target.load(ModelSpec(source.content, source.path.name, source.delegate,
+                                                  source.threads, source.preprocessing))
+            self._device = self._target.info()
+            return DeviceGraphRunner(session, source.content, source.delegate, source.preprocessing, source.role,
+                                     source.target, source.threads)
+        except TargetUnreachableError as exc:
+            self._fallback[source.role] = (f"--device: the agent at {source.target} could not be reached ({exc}); "
+                                           "measured in this process instead")
+            if self._target is not None:
+                self._target.close()
+                self._target = None
+            return None
+
+    def close(self) -> None:
+        """Unload the model from the agent and close the connection (nothing to do in process)."""
+        if self._target is not None:
+            self._target.close()
+            self._target = None
+
+    def _model_dict(self, role: str, source: ModelSource) -> dict[str, Any]:
+        runner = self.runners[role]
+        out: dict[str, Any] = {"path": str(source.path), "sha256": hashlib.sha256(source.content).hexdigest(),
+                               "campaign_delegate": source.delegate, "campaign_target": source.target,
+                               "kernels": runner.kernels, "measured_on": "host",
+                               "notes": _kernel_notes(source, runner, self._fallback.get(role, "")), "hidden": []}
+        if isinstance(runner, DeviceGraphRunner):
+            info = self._device
+            out.update(measured_on=runner.device, hidden=list(runner.hidden),
+                       device={"runtime": info.get("runtime", ""), "runtime_version": info.get("runtime_version", ""),
+                               "machine": info.get("machine", ""), "agent_version": info.get("agent_version", ""),
+                               "delegate": runner.kernels, "outputs_identical": runner.outputs_identical})
+        return out
 
     def explain(self) -> dict[str, Any]:
         """The whole explain.json document for the store's inputs (raw, then minimized, by seed)."""
@@ -143,11 +227,7 @@ class Explainer:
         return {
             "schema": SCHEMA,
             "campaign": str(Path(self.store.path).parent),
-            "models": {role: {"path": str(s.path), "sha256": hashlib.sha256(s.content).hexdigest(),
-                              "campaign_delegate": s.delegate, "campaign_target": s.target,
-                              "kernels": self.runners[role].kernels,
-                              "notes": _kernel_notes(s, self.runners[role])}
-                       for role, s in self.sources.items()},
+            "models": {role: self._model_dict(role, s) for role, s in self.sources.items()},
             "rule": blame.rule_dict(),
             "matching": self.matching.to_dict(),
             "tensors": [{"match": k, **m.to_dict()} for k, m in enumerate(self.matching.matches)],
@@ -208,16 +288,26 @@ class Explainer:
         }
 
 
-def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | None = None
-                      ) -> tuple[Path, dict[str, Any]]:
+def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | None = None,
+                      device: DeviceOptions | None = None) -> tuple[Path, dict[str, Any]]:
     """Explain a campaign directory, write its explain.json and explain.html; return the JSON's path and the document.
+
+    Args:
+        out_dir: the campaign's directory.
+        overrides: model paths per role replacing the stored config's.
+        device: measure the compressed side on the campaign's agent (see :class:`DeviceOptions`).
 
     Raises:
         CampaignError: no campaign in the directory, or its models cannot be found.
         ModelError: a model cannot be loaded for explain.
+        host.errors.TargetError: with ``device``, the agent refused or failed a call.
     """
     with CampaignStore.open_existing(out_dir) as store:
-        doc = Explainer(store, overrides).explain()
+        explainer = Explainer(store, overrides, device)
+        try:
+            doc = explainer.explain()
+        finally:
+            explainer.close()
     write_explain_html(doc, out_dir)
     return write_explain(doc, out_dir), doc
 

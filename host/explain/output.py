@@ -31,9 +31,12 @@ def format_table(doc: dict[str, Any]) -> str:
     """The whole document as text: kernels and matching, one table per input, then the ranking."""
     lines = []
     for role, model in doc["models"].items():
+        where = "" if model.get("measured_on", "host") == "host" else f" on the agent at {model['measured_on']}"
         lines.append(f"{role}: {Path(model['path']).name}, campaign delegate {model['campaign_delegate']} on "
-                     f"{model['campaign_target']}, explained with {model['kernels']} kernels")
+                     f"{model['campaign_target']}, explained with {model['kernels']} kernels{where}")
         lines.extend(f"  note: {note}" for note in model["notes"])
+        if model.get("hidden"):
+            lines.append(f"  hidden by the delegate ({len(model['hidden'])}): {', '.join(model['hidden'])}")
     m = doc["matching"]
     counts = ", ".join(f"{n} by {c.replace('_', '+')}" for c, n in m["counts"].items())
     lines.append(f"tensors matched: {counts}; unmatched: {len(m['unmatched_original'])} original, "

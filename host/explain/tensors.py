@@ -212,3 +212,72 @@ class GraphRunner:
         scale, zero = out["quantization"]
         probs = (raw.astype(np.float64) - zero) * scale if scale else raw.astype(np.float64)
         return values, probs.reshape(-1)
+
+
+class DeviceGraphRunner:
+    """The compressed side measured on an agent (``GetTensors``): the device's own kernels and delegate.
+
+    The graph (which tensors are activations, their quantization) is read from the model here, on
+    a local :class:`GraphRunner` that never runs; the same bytes give the same tensor indices on the
+    device. A first call on a blank image learns which activations the device's delegate hides;
+    those are left out of :attr:`graph`, so they are reported as unmatched rather than compared.
+
+    Args:
+        session: a loaded session offering ``tensors(image, indices=...)`` (``RemoteSession``, ``AdbSession``).
+        content, delegate, preprocessing, role, threads: as for :class:`GraphRunner`.
+        device: the target URI, for messages and the output.
+
+    Raises:
+        ModelError: the model cannot be read here.
+        host.errors.TargetError: the agent refused or failed the call.
+    """
+
+    def __init__(self, session: Any, content: bytes, delegate: str, preprocessing: runtime.Preprocessing,
+                 role: str, device: str, threads: int | None = None) -> None:
+        self.role = role
+        self.device = device
+        self._session = session
+        local = GraphRunner(content, "cpu", preprocessing, role, threads)
+        self._output_index = int(local._outputs[0]["index"])  # noqa: SLF001 - the same runner module's state
+        self._output_quantization = tuple(local._outputs[0]["quantization"])  # noqa: SLF001
+        self._shape = tuple(int(s) for s in local._input["shape"][1:])  # noqa: SLF001
+        probe = self._read(np.zeros(self._shape, np.uint8), local.graph)
+        self.kernels = probe.delegate or delegate
+        self.hidden = [info.name for info in local.graph if info.index in probe.hidden]
+        self.graph = [info for info in local.graph if info.index not in probe.hidden]
+        self.outputs_identical = probe.outputs_identical
+        self.note = probe.note
+
+    def _read(self, image: np.ndarray, graph: list[TensorInfo]) -> Any:
+        indices = [info.index for info in graph]
+        if self._output_index not in indices:
+            indices.append(self._output_index)
+        return self._session.tensors(image, indices=indices)
+
+    def run(self, image: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Run one uint8 HWC image on the agent; return every kept activation dequantized and the output.
+
+        Raises:
+            ModelError: the image does not fit, or the agent hid a tensor it returned before.
+        """
+        if tuple(image.shape) != self._shape:
+            raise ModelError(f"an image of shape {tuple(image.shape)} does not fit the {self.role} model "
+                             f"(expects {self._shape})")
+        got = self._read(np.ascontiguousarray(image, np.uint8), self.graph)
+        values: dict[int, np.ndarray] = {}
+        for info in self.graph:
+            if info.index not in got.by_index:
+                raise ModelError(f"the agent at {self.device} did not return the {self.role} model's tensor "
+                                 f"{info.name!r} this time ({got.note or 'no reason given'})")
+            values[info.index] = dequantize(got.by_index[info.index][1], info)
+        if self._output_index in got.by_index:
+            raw = got.by_index[self._output_index][1]
+            scale, zero = self._output_quantization
+            probs = (raw.astype(np.float64) - zero) * scale if scale else raw.astype(np.float64)
+        else:  # the delegate hides even the output: the session's own answer
+            probs = self._session.infer(image[None]).astype(np.float64)
+        return values, probs.reshape(-1)
+
+    def close(self) -> None:
+        """Unload the model on the agent."""
+        self._session.close()
