@@ -83,6 +83,13 @@ def _infer(probe: Probe, data: bytes = bytes(IMAGE_BYTES), shape=(1, 28, 28, 1),
     return probe.stub.Infer(request, metadata=probe.auth, timeout=RPC_TIMEOUT_S)
 
 
+def _tensors(probe: Probe, data: bytes = bytes(IMAGE_BYTES), shape=(1, 28, 28, 1), dtype=agent_pb2.DATA_TYPE_UINT8,
+             session_id: str | None = None, **fields):
+    request = agent_pb2.GetTensorsRequest(session_id=probe.session_id if session_id is None else session_id,
+                                          input=agent_pb2.Tensor(shape=shape, dtype=dtype, data=data), **fields)
+    return probe.stub.GetTensors(request, metadata=probe.auth, timeout=RPC_TIMEOUT_S)
+
+
 def _stream(probe: Probe, requests: list) -> None:
     for _ in probe.stub.InferStream(iter(requests), metadata=probe.auth, timeout=RPC_TIMEOUT_S):
         pass
@@ -161,6 +168,13 @@ CASES: tuple[Case, ...] = (
     Case("InferStream", "bad first request", lambda p: _stream(p, [agent_pb2.InferRequest(session_id="x")])),
     Case("InferStream", "undecodable first message",
          lambda p: _raw(p, "InferStream", b"\xff\xff\xff\xff not a protobuf", True)),
+    Case("GetTensors", "unknown session", lambda p: _tensors(p, session_id="no-such-session")),
+    Case("GetTensors", "two images", lambda p: _tensors(p, data=bytes(2 * IMAGE_BYTES), shape=(2, 28, 28, 1))),
+    Case("GetTensors", "dtype unspecified", lambda p: _tensors(p, dtype=0)),
+    Case("GetTensors", "unknown tensor name", lambda p: _tensors(p, tensor_names=["no/such/layer"])),
+    Case("GetTensors", "unknown tensor index", lambda p: _tensors(p, tensor_indices=[10_000])),
+    Case("GetTensors", "100 KB tensor name", lambda p: _tensors(p, tensor_names=["t" * 100_000])),
+    Case("GetTensors", "tensors over max_bytes", lambda p: _tensors(p, max_bytes=100)),
     Case("UnloadModel", "unknown session", lambda p: p.stub.UnloadModel(
         agent_pb2.UnloadModelRequest(session_id="no-such-session"), metadata=p.auth, timeout=RPC_TIMEOUT_S)),
 )

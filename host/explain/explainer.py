@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.runtime import Preprocessing
-from host.errors import CampaignError, ModelError, TargetUnreachableError
+from host.errors import CampaignError, ModelError, ProtocolError, TargetUnreachableError
 from host.explain import blame
 from host.explain.html import write_explain_html
 from host.explain.matching import Matching, match_graphs
@@ -146,8 +146,8 @@ class Explainer:
     Raises:
         CampaignError: see :func:`model_sources`.
         ModelError: a model cannot be loaded for explain.
-        host.errors.TargetError: the agent was reached but refused or failed (an unreachable one
-            falls back to this process, with a note).
+        host.errors.TargetError: the agent was reached but refused or failed (an unreachable one, or
+            one older than protocol 1.1, falls back to this process, with a note).
     """
 
     def __init__(self, store: CampaignStore, overrides: dict[str, Path | None] | None = None,
@@ -184,8 +184,9 @@ class Explainer:
             self._device = self._target.info()
             return DeviceGraphRunner(session, source.content, source.delegate, source.preprocessing, source.role,
                                      source.target, source.threads)
-        except TargetUnreachableError as exc:
-            self._fallback[source.role] = (f"--device: the agent at {source.target} could not be reached ({exc}); "
+        except (TargetUnreachableError, ProtocolError) as exc:
+            why = "could not be reached" if isinstance(exc, TargetUnreachableError) else "cannot serve GetTensors"
+            self._fallback[source.role] = (f"--device: the agent at {source.target} {why} ({exc}); "
                                            "measured in this process instead")
             if self._target is not None:
                 self._target.close()
