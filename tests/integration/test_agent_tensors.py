@@ -18,7 +18,7 @@ import pytest
 
 from device_agent import runtime
 from device_agent._gen import agent_pb2, agent_pb2_grpc
-from host.errors import InvalidRequestError
+from host.errors import InvalidRequestError, ProtocolError
 from host.targets import ModelSpec
 from host.targets.remote import RemoteTarget
 
@@ -166,3 +166,17 @@ def test_the_message_cap_bounds_the_reply(agent) -> None:
         assert f"over the limit of {limit} bytes (this agent's --max-message-bytes of {270 << 10}" in str(raised.value)
         # A selection that fits is served.
         assert len(session.tensors(_images(1)[0], indices=[0]).by_index) == 1
+
+
+def test_an_agent_older_than_1_1_is_told_to_update(target: RemoteTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host checks the agent's minor before calling, rather than meeting UNIMPLEMENTED."""
+    session = target.load(ModelSpec(MODEL.read_bytes(), MODEL.name, "ref"))
+    try:
+        old = agent_pb2.DeviceInfo()
+        old.CopyFrom(target.device_info_message())
+        old.protocol_minor = 0
+        monkeypatch.setattr(target, "_device_info", old)
+        with pytest.raises(ProtocolError, match=r"speaks protocol 1\.0, GetTensors needs 1\.1: update the agent"):
+            session.tensors(_images(1)[0])
+    finally:
+        session.close()
