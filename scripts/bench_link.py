@@ -308,6 +308,12 @@ class CountingSession:
         self.received_bytes += out.nbytes
         return out
 
+    def infer_many(self, batches) -> list[np.ndarray]:
+        outs = self.session.infer_many(batches)
+        self.sent_bytes += sum(b.nbytes for b in batches)
+        self.received_bytes += sum(o.nbytes for o in outs)
+        return outs
+
     def close(self) -> None:
         self.session.close()
 

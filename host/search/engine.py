@@ -314,6 +314,33 @@ class Engine:
         self._check_outputs(probs_o, probs_c)
         return probs_o, probs_c
 
+    def _rerun(self, images: np.ndarray, runs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Re-verification: ``runs`` separate invocations of each model on the same images.
+
+        Each run is its own interpreter invocation, as a re-run must be to catch a delegate whose
+        outputs change between calls; ``infer_many`` lets an agent take all of them in one stream
+        (one round trip instead of ``runs``). Counted as verification queries, outside the budgets.
+        """
+        with self._phase("infer"):
+            if self.original is self.compressed:
+                outs_o = outs_c = self.original.infer_many([images] * runs)
+            elif self._pool is None or images.size * runs < PARALLEL_INFER_MIN_VALUES:
+                outs_o, outs_c = self.original.infer_many([images] * runs), self.compressed.infer_many([images] * runs)
+            else:
+                future_o = self._pool.submit(self.original.infer_many, [images] * runs)
+                try:
+                    outs_c = self.compressed.infer_many([images] * runs)
+                except BaseException:
+                    wait([future_o])
+                    raise
+                outs_o = future_o.result()
+        self.batch_calls += runs
+        self.total_verify_queries += QUERIES_PER_IMAGE * len(images) * runs
+        pairs = list(zip(outs_o, outs_c))
+        for probs_o, probs_c in pairs:
+            self._check_outputs(probs_o, probs_c)
+        return pairs
+
     def _infer_both(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.original is self.compressed or self._pool is None or images.size < PARALLEL_INFER_MIN_VALUES:
             return self.original.infer(images), self.compressed.infer(images)
@@ -629,8 +656,7 @@ class Engine:
         images = batch[[r for _, r in suspects]]
         reproduced = np.zeros(len(suspects), dtype=np.int64)
         with self._phase("verify"):
-            for _ in range(self.verify_runs):
-                again_o, again_c = self.evaluate(images, verify=True)
+            for again_o, again_c in self._rerun(images, self.verify_runs):
                 reproduced += deviation.deviates(again_o, again_c, self.ignore_ties)
         for seed, _ in suspects:
             seed.verify_queries += QUERIES_PER_IMAGE * self.verify_runs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -106,6 +106,10 @@ class Session(Protocol):
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run a uint8 (N,H,W,C) batch; return float32 (N, classes)."""
+        ...
+
+    def infer_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run several batches, each its own interpreter invocation, in order (an agent streams them)."""
         ...
 
     def close(self) -> None:

@@ -37,6 +37,9 @@ class LocalSession:
         except runtime.InputError as exc:
             raise InvalidRequestError(self.target, f"{self.model.name}: {exc}") from None
 
+    def infer_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.infer(b) for b in batches]
+
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]
 

@@ -53,6 +53,9 @@ class LinearSession:
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
+    def infer_many(self, batches) -> list[np.ndarray]:
+        return [self.infer(b) for b in batches]
+
     def close(self) -> None:
         pass
 

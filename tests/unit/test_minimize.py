@@ -41,6 +41,9 @@ class Counting:
         self.images += len(images)
         return self.session.infer(images)
 
+    def infer_many(self, batches) -> list[np.ndarray]:
+        return [self.infer(b) for b in batches]
+
 
 def test_minimized_inputs_trigger_are_closer_and_queries_are_counted_exactly():
     original, compressed, seeds, results = _triggered()
