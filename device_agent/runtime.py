@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -203,6 +203,17 @@ class TensorSpec:
 def needs_preparation(spec: TensorSpec) -> bool:
     """True when uint8 images must be normalized or quantized before they fit the model's input."""
     return not (spec.dtype == "uint8" and not spec.quantized)
+
+
+def _dequantized(interpreter: Any, index: int, spec: TensorSpec) -> np.ndarray:
+    """An output tensor as float32 (a copy), dequantized when the model quantizes it."""
+    raw = interpreter.get_tensor(index)
+    if spec.quantized:
+        out = raw.astype(np.float32)
+        out -= spec.zero_point
+        out *= spec.scale
+        return out
+    return raw.astype(np.float32, copy=True)
 
 
 def prepare_input(images: np.ndarray, spec: TensorSpec, preprocessing: Preprocessing,
@@ -566,7 +577,8 @@ class ModelRunner:
             start = time.perf_counter()
             self._interpreter.invoke()
             self.last_invoke_s = time.perf_counter() - start
-            return [self._dequantized(i, spec) for i, spec in zip(self._output_indices, self.output_specs)]
+            return [_dequantized(self._interpreter, i, spec)
+                    for i, spec in zip(self._output_indices, self.output_specs)]
         # A model whose batch dimension cannot change runs one image at a time.
         per_image, invoke_s = [], 0.0
         for i in range(n):
@@ -590,15 +602,6 @@ class ModelRunner:
             return n == self._batch_size
         self._batch_size = n
         return True
-
-    def _dequantized(self, index: int, spec: TensorSpec) -> np.ndarray:
-        raw = self._interpreter.get_tensor(index)
-        if spec.quantized:
-            out = raw.astype(np.float32)
-            out -= spec.zero_point
-            out *= spec.scale
-            return out
-        return raw.astype(np.float32, copy=True)
 
     # -- intermediate tensors -----------------------------------------------------------------
     def tensor_reader(self) -> TensorReader:
@@ -751,20 +754,11 @@ class TensorReader:
                                    tuple(int(z) for z in q.get("zero_points", ())),
                                    int(q.get("quantized_dimension", 0))))
         session_outputs = self.runner.infer_all(tensor, prepared=True)
-        mine = [self._dequantized(index, spec) for index, spec in
+        mine = [_dequantized(self._interpreter, index, spec) for index, spec in
                 zip(self.runner._output_indices, self.runner.output_specs)]  # noqa: SLF001
         identical = all(np.array_equal(a, b) for a, b in zip(mine, session_outputs))
         return TensorReadout(read, hidden, self._note(len(indices), len(hidden) - unreadable, unreadable, identical,
                                                       mine, session_outputs), identical, invoke_us)
-
-    def _dequantized(self, index: int, spec: TensorSpec) -> np.ndarray:
-        raw = self._interpreter.get_tensor(index)
-        if spec.quantized:
-            out = raw.astype(np.float32)
-            out -= spec.zero_point
-            out *= spec.scale
-            return out
-        return raw.astype(np.float32, copy=True)
 
     def _note(self, asked: int, inside: int, unreadable: int, identical: bool, mine: list[np.ndarray],
               session: list[np.ndarray]) -> str:
