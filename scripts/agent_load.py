@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -28,6 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_agent import child_pids  # noqa: E402
 
 from device_agent._gen import agent_pb2, agent_pb2_grpc  # noqa: E402
 from host.deploy.loopback import AgentProcess, start_agent  # noqa: E402
@@ -49,18 +52,6 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def child_pids(pid: int) -> list[int]:
-    """The direct children of ``pid`` (the agent's workers), from /proc."""
-    children: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                children += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return children
 
 
 def memory(agent: AgentProcess) -> dict[str, int]:
