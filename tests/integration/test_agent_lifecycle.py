@@ -16,7 +16,7 @@ import pytest
 from host.errors import InvalidRequestError, TargetUnreachableError
 from host.targets import LocalTarget, ModelSpec
 from host.targets.remote import RemoteTarget
-from tests.agent_support import ROOT, agent_command, agent_env, start_agent
+from tests.agent_support import ROOT, agent_command, agent_env, self_signed_certificate, start_agent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODEL = FIXTURES / "models" / "digits28-float32.tflite"
@@ -107,10 +107,7 @@ def test_cache_survives_a_restart(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 def test_tls_with_token(agent_factory, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed_certificate(tmp_path)
     agent = agent_factory("--tls-cert", str(cert), "--tls-key", str(key))
     with RemoteTarget(agent.uri, token=agent.token, tls_ca_file=cert, tls_server_name="localhost") as target:
         session = target.load(ModelSpec.from_path(MODEL))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from host.cli import main
 from host.exit_codes import ExitCode
+from tests.agent_support import self_signed_certificate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ORIGINAL = FIXTURES / "models" / "digits28-float32.tflite"
@@ -26,10 +26,7 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs o
 
 @pytest.fixture
 def tls_agent(agent_factory, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed_certificate(tmp_path)
     agent = agent_factory("--tls-cert", str(cert), "--tls-key", str(key))
     return agent, agent.uri.replace("grpc://", "grpcs://"), cert
 
