@@ -26,7 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
-from device_agent.errors import InvalidRequestError, LimitExceededError, NotFoundError
+from device_agent.errors import AgentInvalidRequestError, LimitExceededError, NotFoundError
 from device_agent.runtime import TFLITE_FILE_IDENTIFIER
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,11 @@ def check_sha256(sha256: str) -> str:
     """Return ``sha256`` if it is 64 lowercase hex characters.
 
     Raises:
-        InvalidRequestError: anything else.
+        AgentInvalidRequestError: anything else.
     """
     if not _SHA256_RE.match(sha256 or ""):
         quoted = repr(sha256) if len(sha256 or "") <= _QUOTED_CHARS else f"{len(sha256)} characters"
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"sha256 must be 64 lowercase hex characters (hashlib.sha256(model).hexdigest()), got {quoted}"
         )
     return sha256
@@ -250,7 +250,7 @@ class ModelCache:
             (size in bytes, True when the model was already stored and nothing was written).
 
         Raises:
-            InvalidRequestError: bad digest format, size mismatch, digest mismatch, not TFLite.
+            AgentInvalidRequestError: bad digest format, size mismatch, digest mismatch, not TFLite.
             LimitExceededError: the model does not fit even after evicting unloaded models.
         """
         check_sha256(sha256)
@@ -262,7 +262,7 @@ class ModelCache:
                     self._sizes.move_to_end(sha256)
                     return self._sizes[sha256], True
         if total_bytes <= 0:
-            raise InvalidRequestError("PutModel's first chunk must give total_bytes, the model's size (> 0)")
+            raise AgentInvalidRequestError("PutModel's first chunk must give total_bytes, the model's size (> 0)")
         self._reserve(total_bytes)
         try:
             size = self._write(sha256, total_bytes, chunks)
@@ -307,7 +307,7 @@ class ModelCache:
                 for chunk in chunks:
                     received += len(chunk)
                     if received > total_bytes:
-                        raise InvalidRequestError(
+                        raise AgentInvalidRequestError(
                             f"model upload sent more than the announced total_bytes={total_bytes}"
                         )
                     if len(header) < _HEADER_BYTES:
@@ -317,17 +317,17 @@ class ModelCache:
                 out.flush()
                 os.fsync(out.fileno())  # the bytes are on disk before the name points at them
             if received != total_bytes:
-                raise InvalidRequestError(
+                raise AgentInvalidRequestError(
                     f"model upload truncated: received {received} of {total_bytes} bytes; upload it again"
                 )
             actual = digest.hexdigest()
             if actual != sha256:
-                raise InvalidRequestError(
+                raise AgentInvalidRequestError(
                     f"sha256 mismatch: the bytes received hash to {actual}, the request said {sha256}; "
                     "the model was corrupted in transit or the digest was computed over other bytes"
                 )
             if header[4:8] != TFLITE_FILE_IDENTIFIER:
-                raise InvalidRequestError(
+                raise AgentInvalidRequestError(
                     f"not a TFLite model: bytes 4..8 are {header[4:8]!r}, expected {TFLITE_FILE_IDENTIFIER!r} "
                     "(send the .tflite file itself)"
                 )

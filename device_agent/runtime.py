@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_agent.bundled_runtime import bundled_runtime, is_android_library, unavailable_reason
+from device_agent.errors import InputError, ModelFormatError, RuntimeDelegateUnavailableError, RuntimeUnavailableError
 
 #: Delegate names accepted by :func:`parse_delegate` (``external:`` takes a path after the colon).
 DELEGATE_NAMES = ("cpu", "xnnpack", "ref", "gpu", "nnapi", "external")
@@ -41,22 +42,6 @@ _NNAPI_DELEGATE_LIBS = ("libtensorflowlite_nnapi_delegate.so", "libnnapi_delegat
 
 #: The first four bytes of a TFLite flatbuffer are its root offset; bytes 4..8 are this identifier.
 TFLITE_FILE_IDENTIFIER = b"TFL3"
-
-
-class RuntimeUnavailableError(ImportError):
-    """Neither ai_edge_litert nor tflite_runtime is installed."""
-
-
-class ModelFormatError(ValueError):
-    """The bytes are not a loadable TFLite model."""
-
-
-class DelegateUnavailableError(RuntimeError):
-    """The requested delegate cannot be used on this device."""
-
-
-class InputError(ValueError):
-    """An input batch does not match the model (shape, dtype or byte length)."""
 
 
 @dataclass(frozen=True)
@@ -405,7 +390,7 @@ class ModelRunner:
 
     Raises:
         ModelFormatError: the bytes are not a loadable model.
-        DelegateUnavailableError: the delegate is missing on this device, or not allowed.
+        RuntimeDelegateUnavailableError: the delegate is missing on this device, or not allowed.
         ValueError: an unknown delegate name.
     """
 
@@ -472,7 +457,7 @@ class ModelRunner:
             except (ValueError, OSError, RuntimeError) as exc:
                 hint = ("; this is dflare's self-contained glibc runtime: a delegate built for Android's bionic libc "
                         "cannot load here (docs/android.md)") if bundled_runtime() is not None else ""
-                raise DelegateUnavailableError(
+                raise RuntimeDelegateUnavailableError(
                     f"delegate {self.delegate} failed to load from {library}: {exc}{hint}"
                 ) from None
             kwargs["experimental_delegates"] = [loaded]
@@ -490,21 +475,21 @@ class ModelRunner:
         kind = self.delegate.kind
         if bundled_runtime() is not None and (kind in ("gpu", "nnapi") or (
                 kind == "external" and is_android_library(self.delegate.path))):
-            raise DelegateUnavailableError(unavailable_reason(str(self.delegate)))
+            raise RuntimeDelegateUnavailableError(unavailable_reason(str(self.delegate)))
         if kind == "external":
             path = os.path.realpath(self.delegate.path)
             allowed = {os.path.realpath(p) for p in allowed_external}
             if path not in allowed:
-                raise DelegateUnavailableError(
+                raise RuntimeDelegateUnavailableError(
                     f"external delegate {self.delegate.path!r} is not allowed on this agent; start it with "
                     f"--allow-delegate {self.delegate.path} (allowed now: {sorted(allowed) or 'none'})"
                 )
             if not os.path.exists(path):
-                raise DelegateUnavailableError(f"external delegate library {path} does not exist")
+                raise RuntimeDelegateUnavailableError(f"external delegate library {path} does not exist")
             return path
         library = _find_library(_GPU_DELEGATE_LIBS if kind == "gpu" else _NNAPI_DELEGATE_LIBS)
         if library is None:
-            raise DelegateUnavailableError(
+            raise RuntimeDelegateUnavailableError(
                 f"delegate {kind!r} is not available on this device ({platform.machine()}, {platform.system()}); "
                 f"available: {', '.join(available_delegates(allowed_external))}"
             )
@@ -608,7 +593,7 @@ class ModelRunner:
         """The same model on a second interpreter that keeps every tensor, built on first use.
 
         Raises:
-            ModelFormatError, DelegateUnavailableError: as at construction.
+            ModelFormatError, RuntimeDelegateUnavailableError: as at construction.
         """
         if self._tensor_reader is None:
             self._tensor_reader = TensorReader(self)
@@ -650,7 +635,7 @@ class TensorReader:
         runner: the session's runner (its interpreter stays as it is, without kept tensors).
 
     Raises:
-        ModelFormatError, DelegateUnavailableError: the interpreter cannot be built.
+        ModelFormatError, RuntimeDelegateUnavailableError: the interpreter cannot be built.
     """
 
     def __init__(self, runner: ModelRunner) -> None:

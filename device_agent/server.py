@@ -36,12 +36,15 @@ from device_agent import __version__, device_info, runtime
 from device_agent._gen import agent_pb2, agent_pb2_grpc
 from device_agent.cache import DEFAULT_CAPACITY_BYTES, ModelCache, default_cache_dir
 from device_agent.errors import (
-    AgentError,
+    AgentInvalidRequestError,
     AgentShuttingDownError,
-    InvalidRequestError,
+    AgentWorkerCrashedError,
+    InputError,
     LimitExceededError,
+    ModelFormatError,
     NotFoundError,
-    WorkerCrashedError,
+    RuntimeDelegateUnavailableError,
+    StreamIdleError,
 )
 from device_agent.sessions import DEFAULT_MAX_SESSIONS, LoadRequest, SessionManager
 from device_agent.wire_dtypes import DTYPE_BY_ENUM, ENUM_BY_DTYPE
@@ -108,19 +111,15 @@ _PUMP_POLL_S = 0.1
 AUTH_METADATA_KEY = "authorization"
 
 
-class StreamIdleError(AgentError):
-    """An InferStream sent nothing for the idle timeout (maps to DEADLINE_EXCEEDED)."""
-
-
 #: Exception -> gRPC status code, first match wins (subclasses before their bases).
 STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (runtime.InputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (runtime.ModelFormatError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AgentInvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelFormatError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (runtime.DelegateUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
-    (WorkerCrashedError, grpc.StatusCode.ABORTED),
+    (RuntimeDelegateUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AgentWorkerCrashedError, grpc.StatusCode.ABORTED),
     (AgentShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (StreamIdleError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
@@ -355,7 +354,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         with _status_from_errors(context):
             first = next(request_iterator, None)
             if first is None:
-                raise InvalidRequestError("PutModel received no chunks: send sha256 and total_bytes in the first")
+                raise AgentInvalidRequestError("PutModel received no chunks: send sha256 and total_bytes in the first")
             chunks = itertools.chain([first.data], (chunk.data for chunk in request_iterator))
             size, present = self.cache.put(first.sha256, first.total_bytes, chunks)
             return agent_pb2.PutModelResponse(sha256=first.sha256, size_bytes=size, already_present=present)
@@ -375,7 +374,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             result = session.result
             try:
                 check_preprocessing_fits(request.preprocessing, result.input_spec)
-            except InvalidRequestError:
+            except AgentInvalidRequestError:
                 self.sessions.unload(session.id)
                 raise
             return agent_pb2.LoadModelResponse(
@@ -457,7 +456,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         if dtype is None:
             known = tensor.dtype in agent_pb2.DataType.values()
             name = agent_pb2.DataType.Name(tensor.dtype) if known else tensor.dtype
-            raise InvalidRequestError(
+            raise AgentInvalidRequestError(
                 f"input dtype {name} is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)"
             )
         check_session_id(request.session_id)
@@ -469,7 +468,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             tensor = request.input
             dtype = DTYPE_BY_ENUM.get(tensor.dtype)
             if dtype is None:
-                raise InvalidRequestError(
+                raise AgentInvalidRequestError(
                     "input dtype is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)")
             check_session_id(request.session_id)
             limit, reason = tensors_limit(request.max_bytes, self.config.max_message_bytes)
@@ -548,29 +547,29 @@ def check_load_request(request: agent_pb2.LoadModelRequest, cpu_count: int) -> N
         cpu_count: the device's CPUs (GetDeviceInfo's ``cpu_count``); bounds ``threads``.
 
     Raises:
-        InvalidRequestError: threads above :data:`MAX_THREADS_PER_CPU` per CPU; a mean or std
+        AgentInvalidRequestError: threads above :data:`MAX_THREADS_PER_CPU` per CPU; a mean or std
             that is NaN or infinite; a zero std; too many values; a name too long.
     """
     max_threads = MAX_THREADS_PER_CPU * max(1, cpu_count)
     if request.threads > max_threads:
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"threads={request.threads} is more than this device can use: at most {max_threads} "
             f"({MAX_THREADS_PER_CPU} per CPU, {cpu_count} CPUs); 0 picks the runtime's default"
         )
     for field_name in ("mean", "std"):
         values = list(getattr(request.preprocessing, field_name))
         if len(values) > MAX_PREPROCESSING_VALUES:
-            raise InvalidRequestError(
+            raise AgentInvalidRequestError(
                 f"preprocessing {field_name} has {len(values)} values; send one, or one per input channel"
             )
         if not all(math.isfinite(v) for v in values):
-            raise InvalidRequestError(f"preprocessing {field_name} must be finite numbers, got {values}")
+            raise AgentInvalidRequestError(f"preprocessing {field_name} must be finite numbers, got {values}")
     if any(v == 0 for v in request.preprocessing.std):
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"preprocessing std must be non-zero (it divides each pixel), got {list(request.preprocessing.std)}"
         )
     if len(request.name) > MAX_MODEL_NAME_CHARS:
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"model name is {len(request.name)} characters, more than {MAX_MODEL_NAME_CHARS}: "
             f"{shorten(request.name)!r}; it is only a label, send a shorter one"
         )
@@ -580,13 +579,13 @@ def check_preprocessing_fits(preprocessing: agent_pb2.Preprocessing, input_spec:
     """Check that mean and std each have one value or one per channel of the model's input.
 
     Raises:
-        InvalidRequestError: another count.
+        AgentInvalidRequestError: another count.
     """
     channels = int(input_spec.shape[-1]) if input_spec.shape else 1
     for field_name in ("mean", "std"):
         count = len(getattr(preprocessing, field_name))
         if count not in (0, 1, channels):
-            raise InvalidRequestError(
+            raise AgentInvalidRequestError(
                 f"preprocessing {field_name} has {count} values but the model's input has {channels} channel(s) "
                 f"(shape {tuple(input_spec.shape)}); send one value or {channels}"
             )

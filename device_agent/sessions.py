@@ -21,11 +21,11 @@ import numpy as np
 from device_agent import runtime
 from device_agent.cache import ModelCache, check_sha256
 from device_agent.errors import (
+    AgentInvalidRequestError,
     AgentShuttingDownError,
-    InvalidRequestError,
+    AgentWorkerCrashedError,
     LimitExceededError,
     NotFoundError,
-    WorkerCrashedError,
 )
 from device_agent.worker import (
     FAULT_OPTION,
@@ -107,12 +107,12 @@ class SessionManager:
         """Start a worker and load the model in it.
 
         Raises:
-            InvalidRequestError: bad digest, delegate name, threads, preprocessing or options.
+            AgentInvalidRequestError: bad digest, delegate name, threads, preprocessing or options.
             NotFoundError: the model is not in the cache.
             LimitExceededError: too many sessions.
-            runtime.DelegateUnavailableError: the delegate is missing here.
-            runtime.ModelFormatError: the runtime refused the model.
-            WorkerCrashedError: loading crashed the worker.
+            RuntimeDelegateUnavailableError: the delegate is missing here.
+            ModelFormatError: the runtime refused the model.
+            AgentWorkerCrashedError: loading crashed the worker.
         """
         spec_without_path = self._load_spec(request, model_path="")
         with self._lock:
@@ -148,20 +148,21 @@ class SessionManager:
         try:
             delegate = runtime.parse_delegate(request.delegate or "cpu")
         except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
+            raise AgentInvalidRequestError(str(exc)) from None
         if request.threads < 0:
-            raise InvalidRequestError(f"threads must be >= 0 (0: the runtime's default), got {request.threads}")
+            raise AgentInvalidRequestError(f"threads must be >= 0 (0: the runtime's default), got {request.threads}")
         try:
             preprocessing = runtime.Preprocessing(tuple(request.mean) or (0.0,), tuple(request.std) or (1.0,))
         except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
+            raise AgentInvalidRequestError(str(exc)) from None
         options = dict(request.delegate_options)
         fault = options.pop(FAULT_OPTION, "")
         reserved = sorted(k for k in options if k.startswith(RESERVED_OPTION_PREFIX))
         if reserved:
-            raise InvalidRequestError(f"delegate options {reserved} use the reserved prefix {RESERVED_OPTION_PREFIX!r}")
+            raise AgentInvalidRequestError(
+                f"delegate options {reserved} use the reserved prefix {RESERVED_OPTION_PREFIX!r}")
         if fault and (not fault_injection_enabled() or fault not in FAULTS):
-            raise InvalidRequestError(
+            raise AgentInvalidRequestError(
                 f"delegate option {FAULT_OPTION!r} is for tests only (agent started with "
                 f"DFLARE_AGENT_FAULT_INJECTION=1, values {', '.join(FAULTS)})"
             )
@@ -224,16 +225,16 @@ class SessionManager:
 
         Raises:
             NotFoundError: unknown session.
-            InvalidRequestError: shape, dtype or byte length do not fit the model.
+            AgentInvalidRequestError: shape, dtype or byte length do not fit the model.
             LimitExceededError: the batch is larger than ``max_batch_bytes``.
-            WorkerCrashedError: the worker died and could not be restarted.
+            AgentWorkerCrashedError: the worker died and could not be restarted.
         """
         session = self.get(session_id)
         shape = validate_batch(session, shape, dtype, len(data), self.max_batch_bytes)
         worker = self._live_worker(session)
         try:
             return worker.submit(data, shape, dtype)
-        except WorkerCrashedError:
+        except AgentWorkerCrashedError:
             self.restart_in_background(session)
             raise
 
@@ -246,18 +247,18 @@ class SessionManager:
 
         Raises:
             NotFoundError: unknown session.
-            InvalidRequestError: the input is not one image that fits the model.
-            WorkerCrashedError: the worker died and could not be restarted.
+            AgentInvalidRequestError: the input is not one image that fits the model.
+            AgentWorkerCrashedError: the worker died and could not be restarted.
         """
         session = self.get(session_id)
         shape = validate_batch(session, shape, dtype, len(data), self.max_batch_bytes)
         if shape[0] != 1:
-            raise InvalidRequestError(f"GetTensors takes one image, shape (1, {', '.join(map(str, shape[1:]))}); "
+            raise AgentInvalidRequestError(f"GetTensors takes one image, shape (1, {', '.join(map(str, shape[1:]))}); "
                                       f"got a batch of {shape[0]}")
         worker = self._live_worker(session)
         try:
             return worker.tensors(data, shape, dtype, names, indices, limit_bytes, limit_reason)
-        except WorkerCrashedError:
+        except AgentWorkerCrashedError:
             self.restart_in_background(session)
             raise
 
@@ -289,7 +290,7 @@ def validate_batch(session: Session, shape: Sequence[int], dtype: str, nbytes: i
     """Check a batch against the session's model and the agent's limits; return its shape as a tuple.
 
     Raises:
-        InvalidRequestError: shape, dtype or byte length do not fit.
+        AgentInvalidRequestError: shape, dtype or byte length do not fit.
         LimitExceededError: the batch exceeds ``max_batch_bytes``.
     """
     spec = session.result.input_spec
@@ -298,18 +299,18 @@ def validate_batch(session: Session, shape: Sequence[int], dtype: str, nbytes: i
     shape = tuple(int(d) for d in shape)
     model = session.request.name or session.request.sha256[:12]
     if dtype not in INPUT_DTYPES:
-        raise InvalidRequestError(f"input dtype {dtype!r} is not supported: send uint8 images")
+        raise AgentInvalidRequestError(f"input dtype {dtype!r} is not supported: send uint8 images")
     if dtype != "uint8" and dtype != spec.dtype:
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"input dtype {dtype} does not fit model {model}: send uint8 images or {spec.dtype} tensors"
         )
     if len(shape) != 4 or shape[1:] != image_shape:
-        raise InvalidRequestError(f"input shape {shape} does not fit model {model}: expected {expected} NHWC")
+        raise AgentInvalidRequestError(f"input shape {shape} does not fit model {model}: expected {expected} NHWC")
     if shape[0] < 1:
-        raise InvalidRequestError(f"input batch is empty (shape {shape}): send at least one image")
+        raise AgentInvalidRequestError(f"input batch is empty (shape {shape}): send at least one image")
     expected_bytes = math.prod(shape) * np.dtype(dtype).itemsize  # math.prod: np.prod costs ~10 us
     if nbytes != expected_bytes:
-        raise InvalidRequestError(
+        raise AgentInvalidRequestError(
             f"input data is {nbytes} bytes but shape {shape} of {dtype} needs {expected_bytes} bytes"
         )
     if nbytes > max_batch_bytes:

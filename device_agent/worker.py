@@ -39,7 +39,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from device_agent import launch, runtime, shm
-from device_agent.errors import InvalidRequestError, LimitExceededError, WorkerCrashedError
+from device_agent.errors import (
+    AgentInvalidRequestError,
+    AgentWorkerCrashedError,
+    InputError,
+    LimitExceededError,
+    ModelFormatError,
+    RuntimeDelegateUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +93,10 @@ _PROBE_IMAGES = 8
 _TENSORS_TIMEOUT_IMAGES = 4
 
 _ERROR_KINDS: dict[str, type[Exception]] = {
-    "model_format": runtime.ModelFormatError,
-    "input": runtime.InputError,
-    "delegate_unavailable": runtime.DelegateUnavailableError,
-    "invalid": InvalidRequestError,
+    "model_format": ModelFormatError,
+    "input": InputError,
+    "delegate_unavailable": RuntimeDelegateUnavailableError,
+    "invalid": AgentInvalidRequestError,
     "limit": LimitExceededError,
 }
 
@@ -318,9 +325,9 @@ class Worker:
         """Build the interpreter in the child, then map the shared-memory slots.
 
         Raises:
-            runtime.ModelFormatError, runtime.DelegateUnavailableError, InvalidRequestError: the
+            ModelFormatError, RuntimeDelegateUnavailableError, AgentInvalidRequestError: the
                 runtime refused the model or delegate.
-            WorkerCrashedError: the child died while loading.
+            AgentWorkerCrashedError: the child died while loading.
         """
         result: LoadResult = self._call(("load", spec), "loading the model").result()
         image_bytes = int(np.prod(result.input_spec.shape[1:]))  # uint8: the smallest accepted input
@@ -375,11 +382,11 @@ class Worker:
         Blocks while all slots are in flight (reading replies to free one).
 
         Raises:
-            WorkerCrashedError: the worker is already dead (via the future when it dies later).
+            AgentWorkerCrashedError: the worker is already dead (via the future when it dies later).
         """
         nbytes = len(data)
         if nbytes > self.max_batch_bytes:
-            raise InvalidRequestError(f"batch of {nbytes} bytes exceeds the slot size {self.max_batch_bytes}")
+            raise AgentInvalidRequestError(f"batch of {nbytes} bytes exceeds the slot size {self.max_batch_bytes}")
         while True:
             with self._send_lock:
                 if self._dead_reason is not None:
@@ -431,7 +438,7 @@ class Worker:
         are identical. A batch whose tensor would not fit the slot goes as uint8 (the child prepares it).
 
         Raises:
-            InvalidRequestError: the model's preprocessing does not fit the images.
+            AgentInvalidRequestError: the model's preprocessing does not fit the images.
         """
         spec = self._input_spec
         if dtype == "uint8" and spec is not None and runtime.needs_preparation(spec):
@@ -442,8 +449,8 @@ class Worker:
                 out = np.frombuffer(slot.map, dtype=spec.dtype, count=count).reshape(shape)
                 try:
                     runtime.prepare_input(images, spec, self._preprocessing, out=out)
-                except runtime.InputError as exc:
-                    raise InvalidRequestError(str(exc)) from None
+                except InputError as exc:
+                    raise AgentInvalidRequestError(str(exc)) from None
                 finally:
                     del out  # release the slot's buffer export (close() must be able to unmap)
                 return spec.dtype, True
@@ -468,9 +475,9 @@ class Worker:
             limit_reason: where that limit comes from, for the error message.
 
         Raises (through the future):
-            runtime.InputError: an unknown name or index, or an image that does not fit.
+            InputError: an unknown name or index, or an image that does not fit.
             LimitExceededError: the tensors hold more than ``limit_bytes``.
-            WorkerCrashedError: the worker died.
+            AgentWorkerCrashedError: the worker died.
         """
         shape = tuple(int(d) for d in shape)
         future = self._call(("tensors", bytes(data), shape, dtype, list(names), [int(i) for i in indices],
@@ -501,8 +508,8 @@ class Worker:
             self._on_child_exit()
         raise self._crash_error(what)
 
-    def _crash_error(self, what: str) -> WorkerCrashedError:
-        return WorkerCrashedError(
+    def _crash_error(self, what: str) -> AgentWorkerCrashedError:
+        return AgentWorkerCrashedError(
             f"the worker for {self.name} died ({self._dead_reason or 'pipe closed'}) while {what}; "
             "the agent starts a fresh worker for the next request"
         )
@@ -642,7 +649,7 @@ def _chunk_images(runner: runtime.ModelRunner, budget_bytes: int) -> int | None:
         before = _resident_bytes()
         runner.infer_all(np.repeat(image, _PROBE_IMAGES, axis=0))
         after = _resident_bytes()
-    except runtime.InputError:  # preprocessing that does not fit the images: each request reports it
+    except InputError:  # preprocessing that does not fit the images: each request reports it
         return None
     if before is None or after is None or after <= before:
         return None

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from device_agent import runtime
+from device_agent.errors import InputError, ModelFormatError, RuntimeDelegateUnavailableError
 from host.errors import DelegateUnavailableError, InvalidRequestError, ModelError
 from host.targets.base import ModelSpec
 
@@ -34,7 +35,7 @@ class LocalSession:
     def infer(self, images: np.ndarray) -> np.ndarray:
         try:
             return self.runner.infer(images)
-        except runtime.InputError as exc:
+        except InputError as exc:
             raise InvalidRequestError(self.target, f"{self.model.name}: {exc}") from None
 
     def infer_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -81,9 +82,9 @@ class LocalTarget:
                 preprocessing=model.preprocessing,
                 allowed_external=self.allowed_external,
             )
-        except runtime.ModelFormatError as exc:
+        except ModelFormatError as exc:
             raise ModelError(f"{model.name}: {exc}") from None
-        except runtime.DelegateUnavailableError as exc:
+        except RuntimeDelegateUnavailableError as exc:
             raise DelegateUnavailableError(self, str(exc)) from None
         return LocalSession(self, model, runner)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from device_agent import runtime
-from device_agent.errors import InvalidRequestError
+from device_agent.errors import AgentInvalidRequestError
 from device_agent.worker import LoadSpec, Worker
 from host.model_metadata import preprocessing_for
 
@@ -61,7 +61,7 @@ def test_preprocessing_that_does_not_fit_fails_the_request_and_frees_its_slot() 
     worker = _load(MODELS[0], images.nbytes * 4, {"mean": [1.0, 2.0], "std": [1.0]})
     try:
         for _ in range(8):  # more than the slots: a leaked slot would block here
-            with pytest.raises(InvalidRequestError, match="2 values but images have 3 channels"):
+            with pytest.raises(AgentInvalidRequestError, match="2 values but images have 3 channels"):
                 worker.submit(images.tobytes(), images.shape, "uint8")
     finally:
         worker.close()

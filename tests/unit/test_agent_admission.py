@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from device_agent._gen import agent_pb2
-from device_agent.errors import InvalidRequestError, LimitExceededError, NotFoundError
+from device_agent.errors import AgentInvalidRequestError, LimitExceededError, NotFoundError
 from device_agent.server import (
     MAX_STATUS_MESSAGE_CHARS,
     AgentConfig,
@@ -52,7 +52,7 @@ def test_messages_are_capped_and_long_values_elided() -> None:
     ({"preprocessing": agent_pb2.Preprocessing(std=[1.0] * 65)}, "std has 65 values"),
 ])
 def test_load_request_checks(request_fields: dict, match: str) -> None:
-    with pytest.raises(InvalidRequestError, match=match):
+    with pytest.raises(AgentInvalidRequestError, match=match):
         check_load_request(agent_pb2.LoadModelRequest(sha256="0" * 64, **request_fields), cpu_count=2)
     check_load_request(agent_pb2.LoadModelRequest(sha256="0" * 64, threads=8), cpu_count=2)
 

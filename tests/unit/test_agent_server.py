@@ -3,38 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 import grpc
 import pytest
 
-from device_agent import runtime
+from device_agent import errors as agent_errors
 from device_agent.cli import parse_bytes
 from device_agent.errors import (
+    AgentInvalidRequestError,
     AgentShuttingDownError,
-    InvalidRequestError,
+    AgentWorkerCrashedError,
+    InputError,
     LimitExceededError,
+    ModelFormatError,
     NotFoundError,
-    WorkerCrashedError,
+    RuntimeDelegateUnavailableError,
 )
 from device_agent.server import AgentConfig, is_loopback, run_server, status_for
+from host import errors as host_errors
 from host.errors import AuthenticationError
 from host.targets.options import resolve_token
 from host.targets.remote import RemoteTarget, parse_uri
 
 
 @pytest.mark.parametrize("error, code", [
-    (InvalidRequestError("x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (runtime.InputError("x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (runtime.ModelFormatError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (AgentInvalidRequestError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (InputError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelFormatError("x"), grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError("x"), grpc.StatusCode.NOT_FOUND),
     (LimitExceededError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (runtime.DelegateUnavailableError("x"), grpc.StatusCode.FAILED_PRECONDITION),
-    (WorkerCrashedError("x"), grpc.StatusCode.ABORTED),
+    (RuntimeDelegateUnavailableError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+    (AgentWorkerCrashedError("x"), grpc.StatusCode.ABORTED),
     (AgentShuttingDownError("x"), grpc.StatusCode.UNAVAILABLE),
     (KeyError("x"), grpc.StatusCode.INTERNAL),
 ])
 def test_status_table(error, code):
     assert status_for(error)[0] == code
+
+
+def test_agent_errors_have_one_root_and_no_host_error_name():
+    agent = {name: cls for name, cls in inspect.getmembers(agent_errors, inspect.isclass)
+             if issubclass(cls, Exception) and cls.__module__ == agent_errors.__name__}
+    host = {name for name, cls in inspect.getmembers(host_errors, inspect.isclass) if issubclass(cls, Exception)}
+    assert len(agent) > 5, "no errors found: the scan is broken"
+    assert [name for name, cls in agent.items() if not issubclass(cls, agent_errors.AgentError)] == []
+    assert sorted(agent.keys() & host) == []
 
 
 @pytest.mark.parametrize("host, loopback", [

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from device_agent import bundled_runtime, launch, runtime, shm
+from device_agent.errors import RuntimeDelegateUnavailableError
 from host.deploy import runtime_bundle
 from host.deploy.elf import EM_X86_64, elf_machine, needed_libraries
 
@@ -153,7 +154,7 @@ def test_android_delegates_are_refused_in_the_bundled_runtime_with_what_would_wo
                                                                                    delegate: str) -> None:
     assert runtime.available_delegates(["/vendor/lib64/libnpu_delegate.so"]) == ["cpu", "xnnpack", "ref"]
     content = (FIXTURES / "models/digits28-int8.tflite").read_bytes()
-    with pytest.raises(runtime.DelegateUnavailableError) as refused:
+    with pytest.raises(RuntimeDelegateUnavailableError) as refused:
         runtime.ModelRunner(content, delegate=delegate, allowed_external=["/vendor/lib64/libnpu_delegate.so"])
     message = str(refused.value)
     assert "self-contained Android runtime" in message and "Termux" in message and "external:/path/lib.so" in message

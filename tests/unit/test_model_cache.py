@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from device_agent.cache import ModelCache
-from device_agent.errors import InvalidRequestError, LimitExceededError, NotFoundError
+from device_agent.errors import AgentInvalidRequestError, LimitExceededError, NotFoundError
 
 
 def fake_model(size: int, tag: int = 0) -> bytes:
@@ -42,7 +42,7 @@ def test_put_stores_by_digest_and_is_idempotent(tmp_path):
 ])
 def test_bad_uploads_are_refused_and_leave_nothing(tmp_path, case, data, claimed_sha, total, message):
     cache = ModelCache(tmp_path, 10_000)
-    with pytest.raises(InvalidRequestError, match=message):
+    with pytest.raises(AgentInvalidRequestError, match=message):
         cache.put(claimed_sha, total, [data])
     assert list(tmp_path.iterdir()) == [] and cache.used_bytes == 0
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from device_agent import runtime
+from device_agent.errors import InputError, ModelFormatError, RuntimeDelegateUnavailableError
 
 
 @pytest.mark.parametrize("text,kind,path", [
@@ -54,7 +55,7 @@ def test_preprocessing_equals_the_per_channel_formula_bit_for_bit(mean, std) -> 
 
 def test_preprocessing_rejects_channel_mismatch() -> None:
     images = np.zeros((1, 2, 2, 3), dtype=np.uint8)
-    with pytest.raises(runtime.InputError, match="2 values but images have 3 channels"):
+    with pytest.raises(InputError, match="2 values but images have 3 channels"):
         runtime.Preprocessing(mean=(0.0, 1.0), std=(1.0,)).apply(images)
 
 
@@ -93,20 +94,20 @@ def test_prepare_input_into_a_buffer_gives_the_same_bytes(spec: runtime.TensorSp
     (b"PK\x03\x04" + b"\x00" * 20, "not a TFLite model"),
 ])
 def test_non_tflite_bytes_are_rejected(content: bytes, fragment: str) -> None:
-    with pytest.raises(runtime.ModelFormatError, match=fragment):
+    with pytest.raises(ModelFormatError, match=fragment):
         runtime.ModelRunner(content)
 
 
 def test_truncated_model_is_rejected() -> None:
     # A valid header with nothing behind it: the runtime itself must refuse it.
     content = b"\x1c\x00\x00\x00TFL3" + b"\x00" * 24
-    with pytest.raises(runtime.ModelFormatError):
+    with pytest.raises(ModelFormatError):
         runtime.ModelRunner(content)
 
 
 def test_unavailable_delegate_names_what_is_available() -> None:
     content = b"\x1c\x00\x00\x00TFL3" + b"\x00" * 24
-    with pytest.raises(runtime.DelegateUnavailableError, match="not allowed on this agent"):
+    with pytest.raises(RuntimeDelegateUnavailableError, match="not allowed on this agent"):
         runtime.ModelRunner(content, delegate="external:/tmp/libnothing.so")
 
 

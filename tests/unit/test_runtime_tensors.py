@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from device_agent import runtime
+from device_agent.errors import InputError
 
 MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "digits28-int8.tflite"
 
@@ -59,10 +60,10 @@ def test_a_reader_on_a_fused_plan_lists_the_hidden_tensors(monkeypatch: pytest.M
 
 def test_select_names_what_the_model_lacks() -> None:
     reader = runtime.ModelRunner(MODEL.read_bytes(), delegate="ref").tensor_reader()
-    with pytest.raises(runtime.InputError) as raised:
+    with pytest.raises(InputError) as raised:
         reader.select(names=[f"missing{k}" for k in range(7)] + ["y" * 500], indices=[-3, 10_000])
     message = str(raised.value)
     assert "8 tensor name(s) not in the model: 'missing0'" in message and "and 3 more" in message
     assert "tensor index(es) -3, 10000 not in the model" in message and len(message) < 1000
-    with pytest.raises(runtime.InputError, match="one image"):
+    with pytest.raises(InputError, match="one image"):
         reader.read(np.zeros((2, 28, 28, 1), np.uint8), reader.select())
