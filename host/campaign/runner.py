@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from device_agent.runtime import ModelFormatError, Preprocessing, check_tflite_bytes
+from device_agent.errors import ModelFormatError
+from device_agent.runtime import Preprocessing, check_tflite_bytes
 from host import artifacts
 from host.campaign.config import CampaignConfig
 from host.campaign.minimizing import bound_of, minimize_pending
