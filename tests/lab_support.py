@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from device_agent.runtime import load_runtime
 
@@ -76,3 +86,87 @@ def seed_labels(model: Path, delegate: str, n: int) -> np.ndarray:
     spec = ModelSpec.from_path(model)
     runner = ModelRunner(spec.content, delegate=delegate, preprocessing=spec.preprocessing)
     return runner.infer(x).argmax(1)
+
+
+# -- a throwaway PostgreSQL server -----------------------------------------------------------------
+#: Seconds to wait for a new cluster to accept connections (initdb + start take 2-4 s on 2 shared cores).
+POSTGRES_START_TIMEOUT_S = 60
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder holding ``initdb`` and ``pg_ctl`` (on PATH, else Debian's /usr/lib/postgresql/N/bin)."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+class PostgresCluster:
+    """A PostgreSQL server made by ``initdb`` in a temporary folder, on a free loopback port.
+
+    PostgreSQL refuses to run as root, so under root the cluster belongs to (and runs as) the
+    ``postgres`` user that Debian's package creates. Trust authentication on 127.0.0.1 only; fsync off
+    (a test database: speed over durability). :meth:`database` makes a fresh database per test.
+    """
+
+    def __init__(self) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+        self.user = None
+        self.root = Path(tempfile.mkdtemp(prefix="dflare-pg-"))
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root and there is no 'postgres' user to run PostgreSQL as") from None
+            self.user = "postgres"
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        data = self.root / "data"
+        self._pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
+        run = functools.partial(subprocess.run, check=True, capture_output=True, user=self.user,
+                                timeout=POSTGRES_START_TIMEOUT_S)
+        run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "lab", "--no-sync", "-E", "UTF8"])
+        options = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off "
+                   "-c full_page_writes=off -c max_connections=200")
+        run([*self._pg_ctl, "-o", options, "-l", str(self.root / "server.log"), "-w", "start"])
+        self._run = run
+        self.url = f"postgresql+psycopg://lab@127.0.0.1:{self.port}/postgres"
+        self._count = 0
+
+    def database(self, prefix: str = "lab") -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._count += 1
+        name = f"{prefix}_{self._count}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=lab dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://lab@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self._run([*self._pg_ctl, "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_CLUSTER: PostgresCluster | None = None
+
+
+def postgres_cluster() -> PostgresCluster:
+    """One throwaway cluster per test process (started on first use, stopped at exit); skips the test when
+    the server binaries, the driver or SQLAlchemy are missing (.ci/run installs all three)."""
+    global _CLUSTER
+    pytest.importorskip("sqlalchemy", reason="the lab extra (SQLAlchemy) is not installed: pip install -e '.[lab]'")
+    pytest.importorskip("psycopg", reason="the lab extra (psycopg) is not installed: pip install -e '.[lab]'")
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    if _CLUSTER is None:
+        _CLUSTER = PostgresCluster()
+        atexit.register(_CLUSTER.stop)
+    return _CLUSTER

@@ -1,22 +1,31 @@
 """Lab run history: every run, device and combination, with runtime/agent/model versions.
 
-A plain path (or ``sqlite:///path``) uses the standard library's sqlite3. Any other URL
-(``postgresql://lab@db/dflare``, ``mysql+pymysql://...``) goes through SQLAlchemy, installed with
-the ``lab`` extra (``pip install dflare-edge[lab]``). The SQL is the portable subset both accept:
-named parameters, ``VARCHAR``/``TEXT``/``INTEGER``/``DOUBLE PRECISION``, text keys (run ids sort by
-start time), no autoincrement.
+A plain path (or ``sqlite:///path``) uses the standard library's sqlite3: the single-host default.
+Any other URL goes through SQLAlchemy, installed with the ``lab`` extra (``pip install
+'dflare-edge[lab]'``); ``postgresql+psycopg://lab@db/dflare`` is the tested setup for a lab shared
+by several hosts (docs/lab.md). The SQL is the subset SQLite and PostgreSQL both accept: named
+parameters, ``VARCHAR``/``TEXT``/``INTEGER``/``DOUBLE PRECISION``, text keys (run ids sort by start
+time), no autoincrement, and ``INSERT ... ON CONFLICT`` for the upserts.
 
-Writes are serialized by a lock, so the lab's device workers record each combination as it
-finishes: a run killed halfway keeps everything finished before.
+Every write is one transaction: a combination's row and its per-seed rows land together or not at
+all, so a process killed halfway leaves no half-written combination, and everything finished before
+stays. Rows are keyed (primary keys), and writes are upserts: several writers (lab hosts, or two
+attempts at the same combination) never make a duplicate. A ``passed`` combination is final: a later
+write of the same key does not replace it, which is what makes a resumed run idempotent.
+
+Opening a history creates the schema or migrates it (``SCHEMA_VERSION``) in one transaction; on
+PostgreSQL under an advisory lock, so hosts opening the same new database at once do not race.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterator
 
 from host.errors import ConfigError
 
@@ -24,7 +33,13 @@ from host.errors import ConfigError
 #: 2: ``candidates_per_trigger`` added; ``queries_per_trigger`` and ``success_rate`` follow
 #: ``host.figures`` (the mean over triggered seeds, over searched seeds) instead of total queries over
 #: triggered seeds and triggered over all seeds.
-SCHEMA_VERSION = 2
+#: 3: ``worker`` (the Dask worker that ran it; empty for the lab host's own threads) on combinations
+#: and devices.
+SCHEMA_VERSION = 3
+
+#: Key of the PostgreSQL advisory lock taken while creating or migrating the schema (any constant
+#: works; this one is "dflare" in ASCII, unlikely to collide with another application's lock).
+_PG_SCHEMA_LOCK_KEY = 0x64666C617265
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lab_meta (key VARCHAR(64) PRIMARY KEY, value TEXT)""",
@@ -34,7 +49,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lab_devices (
         run_id VARCHAR(64) NOT NULL, device VARCHAR(200) NOT NULL, uri VARCHAR(500), status VARCHAR(20),
         error TEXT, runtime VARCHAR(100), runtime_version VARCHAR(100), agent_version VARCHAR(100),
-        info_json TEXT, PRIMARY KEY (run_id, device))""",
+        info_json TEXT, worker VARCHAR(200), PRIMARY KEY (run_id, device))""",
     """CREATE TABLE IF NOT EXISTS lab_combos (
         run_id VARCHAR(64) NOT NULL, device VARCHAR(200) NOT NULL, model VARCHAR(200) NOT NULL,
         delegate VARCHAR(300) NOT NULL, status VARCHAR(20) NOT NULL, error TEXT, attempts INTEGER,
@@ -44,7 +59,7 @@ _SCHEMA = (
         success_rate DOUBLE PRECISION, queries_per_trigger DOUBLE PRECISION,
         candidates_per_trigger DOUBLE PRECISION, total_queries INTEGER,
         latency_source VARCHAR(20), latency_mean_ms DOUBLE PRECISION, latency_p50_ms DOUBLE PRECISION,
-        latency_p90_ms DOUBLE PRECISION, latency_p99_ms DOUBLE PRECISION,
+        latency_p90_ms DOUBLE PRECISION, latency_p99_ms DOUBLE PRECISION, worker VARCHAR(200),
         PRIMARY KEY (run_id, device, model, delegate))""",
     """CREATE TABLE IF NOT EXISTS lab_seeds (
         run_id VARCHAR(64) NOT NULL, device VARCHAR(200) NOT NULL, model VARCHAR(200) NOT NULL,
@@ -57,13 +72,14 @@ COMBO_FIELDS = (
     "original_sha256", "runtime", "runtime_version", "agent_version", "seeds", "seed_deviations", "triggered",
     "flaky", "success_rate", "queries_per_trigger", "candidates_per_trigger", "total_queries", "latency_source",
     "latency_mean_ms",
-    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "worker",
 )
+COMBO_KEY = ("run_id", "device", "model", "delegate")
 _SAME_COMBO = ("s.run_id = lab_combos.run_id AND s.device = lab_combos.device AND s.model = lab_combos.model "
                "AND s.delegate = lab_combos.delegate")
 #: From version N to N + 1: statements in the portable SQL subset, recomputing stored figures from
-#: the per-seed rows (``lab_seeds``) so that old and new runs compare.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+#: the per-seed rows (``lab_seeds``) so that old and new runs compare, or columns to add.
+_MIGRATIONS: dict[int, tuple[str | tuple[str, str, str], ...]] = {
     1: (
         "ALTER TABLE lab_combos ADD COLUMN candidates_per_trigger DOUBLE PRECISION",
         "UPDATE lab_combos SET queries_per_trigger = (SELECT AVG(s.queries) FROM lab_seeds s WHERE "
@@ -73,34 +89,70 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "AS DOUBLE PRECISION) / COUNT(*) FROM lab_seeds s WHERE "
         f"{_SAME_COMBO} AND s.status NOT IN ('', 'skipped')) WHERE success_rate IS NOT NULL",
     ),
+    2: (
+        ("lab_combos", "worker", "VARCHAR(200)"),  # (table, column, type): added unless it is there already
+        ("lab_devices", "worker", "VARCHAR(200)"),
+    ),
 }
 DEVICE_FIELDS = ("run_id", "device", "uri", "status", "error", "runtime", "runtime_version", "agent_version",
-                 "info_json")
+                 "info_json", "worker")
+
+
+def _upsert(table: str, fields: tuple[str, ...], key: tuple[str, ...], keep_if: str | None = None) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every non-key field (SQLite >= 3.24 and PostgreSQL).
+
+    ``keep_if``: a condition on the stored row under which it is kept as it is.
+    """
+    updates = ", ".join(f"{f} = excluded.{f}" for f in fields if f not in key)
+    where = f" WHERE NOT ({keep_if})" if keep_if else ""
+    return (f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join(':' + f for f in fields)}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}{where}")
+
+
+_SEED_FIELDS = ("run_id", "device", "model", "delegate", "seed_index", "deviates", "status", "queries")
+_UPSERT_COMBO = _upsert("lab_combos", COMBO_FIELDS, COMBO_KEY, keep_if="lab_combos.status = 'passed'")
+_UPSERT_DEVICE = _upsert("lab_devices", DEVICE_FIELDS, ("run_id", "device"))
+_DELETE_SEEDS = ("DELETE FROM lab_seeds WHERE run_id = :run_id AND device = :device AND model = :model "
+                 "AND delegate = :delegate")
+_INSERT_SEEDS = (f"INSERT INTO lab_seeds ({', '.join(_SEED_FIELDS)}) "
+                 f"VALUES ({', '.join(':' + f for f in _SEED_FIELDS)})")
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def run(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
+        """Execute (a list of parameter rows: once per row); return the rows changed."""
+        if isinstance(params, list):
+            return self._conn.executemany(sql, params).rowcount if params else 0
+        return self._conn.execute(sql, params or {}).rowcount
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn.execute(sql, params or {}).fetchall()]
 
 
 class _SqliteBackend:
+    dialect = "sqlite"
+
     def __init__(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            # isolation_level=None: no implicit transactions, so the BEGIN/COMMIT below are the only ones.
+            self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open lab history {path}: {exc}") from None
         self.conn.row_factory = sqlite3.Row
 
-    def execute(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
-        rows = list(rows)
-        with self.conn:
-            if rows:
-                self.conn.executemany(sql, rows)
-            else:
-                self.conn.execute(sql)
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        """One transaction, taking the write lock up front (two writers never deadlock on a lock upgrade).
 
-    def execute_all(self, statements: Iterable[str]) -> None:
-        """Run statements (DDL included) in one transaction: all or none."""
-        self.conn.execute("BEGIN")
+        Leaving the block normally commits; an exception rolls everything back.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in statements:
-                self.conn.execute(statement)
+            yield _SqliteTx(self.conn)
         except BaseException:
             self.conn.rollback()
             raise
@@ -111,6 +163,20 @@ class _SqliteBackend:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class _SqlAlchemyTx:
+    def __init__(self, conn: Any, text: Callable[[str], Any]) -> None:
+        self._conn = conn
+        self._text = text
+
+    def run(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
+        if isinstance(params, list) and not params:
+            return 0
+        return self._conn.execute(self._text(sql), params or {}).rowcount
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [dict(r._mapping) for r in self._conn.execute(self._text(sql), params or {})]
 
 
 class _SqlAlchemyBackend:
@@ -124,23 +190,17 @@ class _SqlAlchemyBackend:
             ) from None
         self._text = sqlalchemy.text
         try:
-            self.engine = sqlalchemy.create_engine(url)
+            # pool_pre_ping: a connection the database server dropped overnight is replaced, not reused.
+            self.engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
         except Exception as exc:  # noqa: BLE001 - bad URLs and missing drivers raise various types
-            raise ConfigError(f"cannot open lab history {url!r}: {exc}") from None
+            raise ConfigError(f"cannot open lab history {safe_url(url)}: {exc}") from None
+        self.dialect = self.engine.dialect.name
 
-    def execute(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
-        rows = list(rows)
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_SqlAlchemyTx]:
+        """One transaction (PostgreSQL's DDL is transactional too): commit on success, else roll back."""
         with self.engine.begin() as conn:
-            if rows:
-                conn.execute(self._text(sql), rows)
-            else:
-                conn.execute(self._text(sql))
-
-    def execute_all(self, statements: Iterable[str]) -> None:
-        """Run statements in one transaction (PostgreSQL's DDL is transactional too)."""
-        with self.engine.begin() as conn:
-            for statement in statements:
-                conn.execute(self._text(statement))
+            yield _SqlAlchemyTx(conn, self._text)
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -148,6 +208,11 @@ class _SqlAlchemyBackend:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def safe_url(url: str) -> str:
+    """The history URL without its password, for messages and reports."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _backend(url: str):
@@ -169,67 +234,99 @@ class History:
         url: a file path (SQLite) or an SQLAlchemy URL.
 
     Raises:
-        ConfigError: the database cannot be opened, or a URL needs SQLAlchemy and it is missing.
+        ConfigError: the database cannot be opened or reached, a URL needs SQLAlchemy and it is missing,
+            or the schema is newer than this dflare reads.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = _backend(url)
         self._lock = threading.Lock()
-        for statement in _SCHEMA:
-            self._db.execute(statement, [])
-        meta = self._db.query("SELECT value FROM lab_meta WHERE key = :key", {"key": "schema_version"})
-        if not meta:
-            self._db.execute("INSERT INTO lab_meta (key, value) VALUES (:key, :value)",
-                             [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-        else:
-            self._migrate(int(meta[0]["value"]))
+        try:
+            self._open_schema()
+        except ConfigError:
+            self._db.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - sqlite3, SQLAlchemy and driver errors (refused, auth ...)
+            self._db.close()
+            raise ConfigError(f"cannot open lab history {safe_url(url)}: {exc}") from None
 
-    def _migrate(self, version: int) -> None:
-        """Bring a history of an older schema version up to :data:`SCHEMA_VERSION`, one step at a time."""
-        if version > SCHEMA_VERSION:
-            raise ConfigError(f"lab history {self.url} has schema version {version}, this dflare reads "
-                              f"{SCHEMA_VERSION}: use a new history file or upgrade dflare-edge")
-        while version < SCHEMA_VERSION:
-            version += 1
-            self._db.execute_all([*_MIGRATIONS[version - 1],
-                                  f"UPDATE lab_meta SET value = '{version}' WHERE key = 'schema_version'"])
+    def _open_schema(self) -> None:
+        """Create the tables, or migrate older ones up to :data:`SCHEMA_VERSION` one step at a time: one transaction."""
+        with self._db.transaction() as tx:
+            if self._db.dialect == "postgresql":
+                tx.rows(f"SELECT pg_advisory_xact_lock({_PG_SCHEMA_LOCK_KEY})")
+            for statement in _SCHEMA:
+                tx.run(statement)
+            meta = tx.rows("SELECT value FROM lab_meta WHERE key = 'schema_version'")
+            if not meta:
+                tx.run("INSERT INTO lab_meta (key, value) VALUES ('schema_version', :value)",
+                       {"value": str(SCHEMA_VERSION)})
+                return
+            version = int(meta[0]["value"])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"lab history {safe_url(self.url)} has schema version {version}, this dflare "
+                                  f"reads {SCHEMA_VERSION}: use a new history file or upgrade dflare-edge")
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    if isinstance(statement, tuple):
+                        table, column, kind = statement
+                        if column not in self._columns(tx, table):
+                            tx.run(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    else:
+                        tx.run(statement)
+                version += 1
+                tx.run("UPDATE lab_meta SET value = :value WHERE key = 'schema_version'", {"value": str(version)})
+
+    def _columns(self, tx: Any, table: str) -> set[str]:
+        if self._db.dialect == "sqlite":
+            return {r["name"] for r in tx.rows(f"PRAGMA table_info({table})")}
+        return {r["column_name"] for r in tx.rows(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :table "
+            "AND table_schema = current_schema()", {"table": table})}
 
     # -- writes -------------------------------------------------------------------------------
-    def _write(self, sql: str, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._db.execute(sql, rows)
-
     def start_run(self, run_id: str, lab: str, started_at: str, host_version: str, config: dict[str, Any]) -> None:
-        self._write("INSERT INTO lab_runs (run_id, lab, started_at, status, host_version, config_json) "
-                    "VALUES (:run_id, :lab, :started_at, 'running', :host_version, :config_json)",
-                    [{"run_id": run_id, "lab": lab, "started_at": started_at, "host_version": host_version,
-                      "config_json": json.dumps(config, sort_keys=True)}])
+        """Record a run as running; an existing run of that id (a resumed run) is set running again."""
+        with self._lock, self._db.transaction() as tx:
+            tx.run("INSERT INTO lab_runs (run_id, lab, started_at, status, host_version, config_json) "
+                   "VALUES (:run_id, :lab, :started_at, 'running', :host_version, :config_json) "
+                   "ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL",
+                   {"run_id": run_id, "lab": lab, "started_at": started_at, "host_version": host_version,
+                    "config_json": json.dumps(config, sort_keys=True)})
 
     def finish_run(self, run_id: str, finished_at: str, status: str) -> None:
-        self._write("UPDATE lab_runs SET finished_at = :finished_at, status = :status WHERE run_id = :run_id",
-                    [{"run_id": run_id, "finished_at": finished_at, "status": status}])
+        with self._lock, self._db.transaction() as tx:
+            tx.run("UPDATE lab_runs SET finished_at = :finished_at, status = :status WHERE run_id = :run_id",
+                   {"run_id": run_id, "finished_at": finished_at, "status": status})
 
     def record_device(self, row: dict[str, Any]) -> None:
         """Insert or replace one device's row (keys: :data:`DEVICE_FIELDS`)."""
-        row = {k: row.get(k) for k in DEVICE_FIELDS}
-        with self._lock:
-            self._db.execute("DELETE FROM lab_devices WHERE run_id = :run_id AND device = :device", [row])
-            self._db.execute(f"INSERT INTO lab_devices ({', '.join(DEVICE_FIELDS)}) "
-                             f"VALUES ({', '.join(':' + k for k in DEVICE_FIELDS)})", [row])
+        with self._lock, self._db.transaction() as tx:
+            tx.run(_UPSERT_DEVICE, {k: row.get(k) for k in DEVICE_FIELDS})
 
-    def record_combo(self, row: dict[str, Any], seeds: list[dict[str, Any]]) -> None:
-        """Insert one combination (keys: :data:`COMBO_FIELDS`) and its per-seed rows."""
+    def record_combo(self, row: dict[str, Any], seeds: list[dict[str, Any]]) -> bool:
+        """Write one combination (keys: :data:`COMBO_FIELDS`) and its per-seed rows in one transaction.
+
+        A stored ``passed`` row of the same key is kept as it is (its seeds too).
+
+        Returns:
+            Whether this row was written (False: the key had passed already).
+        """
         row = {k: row.get(k) for k in COMBO_FIELDS}
-        key = {k: row[k] for k in ("run_id", "device", "model", "delegate")}
-        with self._lock:
-            self._db.execute("INSERT INTO lab_combos ({}) VALUES ({})".format(
-                ", ".join(COMBO_FIELDS), ", ".join(":" + k for k in COMBO_FIELDS)), [row])
-            if seeds:
-                self._db.execute(
-                    "INSERT INTO lab_seeds (run_id, device, model, delegate, seed_index, deviates, status, queries) "
-                    "VALUES (:run_id, :device, :model, :delegate, :seed_index, :deviates, :status, :queries)",
-                    [{**key, **s} for s in seeds])
+        key = {k: row[k] for k in COMBO_KEY}
+        with self._lock, self._db.transaction() as tx:
+            if not tx.run(_UPSERT_COMBO, row):
+                return False
+            tx.run(_DELETE_SEEDS, key)
+            tx.run(_INSERT_SEEDS, [{**key, **{k: s.get(k) for k in _SEED_FIELDS if k not in key}} for s in seeds])
+        return True
+
+    def passed_combos(self, run_id: str) -> set[tuple[str, str, str]]:
+        """(device, model, delegate) of the run's passed combinations: what a resumed run does not redo."""
+        rows = self._db.query("SELECT device, model, delegate FROM lab_combos WHERE run_id = :run_id "
+                              "AND status = 'passed'", {"run_id": run_id})
+        return {(r["device"], r["model"], r["delegate"]) for r in rows}
 
     # -- reads --------------------------------------------------------------------------------
     def runs(self, lab: str | None = None) -> list[dict[str, Any]]:
