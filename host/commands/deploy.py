@@ -96,7 +96,9 @@ def _run_adb(args: argparse.Namespace) -> int:
                                auth_timeout_s=args.auth_timeout_s, start_timeout_s=args.start_timeout_s,
                                purge=args.purge, runtime=args.runtime, runtime_bundle=args.runtime_bundle,
                                cache_dir=args.cache_dir)
-    deployment = AdbDeployment(address, options)
+    from host.targets.remote import AgentProbe  # imports grpc: only for this subcommand
+
+    deployment = AdbDeployment(address, options, probe=AgentProbe())
     info = deployment.initialize()
     try:
         if args.token_file:

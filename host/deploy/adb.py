@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen
@@ -104,10 +105,6 @@ SHELL_TIMEOUT_S = 60.0
 DEFAULT_START_TIMEOUT_S = 60.0
 #: Delay between health probes while the agent starts.
 HEALTH_POLL_INTERVAL_S = 0.25
-#: One health probe RPC.
-HEALTH_RPC_TIMEOUT_S = 2.0
-#: The token check (one GetDeviceInfo): its first answer probes the delegates, seconds on a slow device.
-TOKEN_CHECK_RPC_TIMEOUT_S = 30.0
 #: How long ``stop`` waits for SIGTERM before SIGKILL.
 STOP_GRACE_S = 5.0
 #: Lines of the agent log shown when it fails to start.
@@ -235,17 +232,37 @@ class AdbDeployOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+class AgentProbe(Protocol):
+    """How the health stage asks the started agent whether it serves; each check answers (ok, why not).
+
+    gRPC stays in :mod:`host.targets` (this package sits below it): callers pass
+    :class:`host.targets.remote.AgentProbe`.
+    """
+
+    def health(self, address: str, token: str) -> tuple[bool, str]:
+        """One health check of the agent at ``address`` (``HOST:PORT``): (serving, why not)."""
+        ...
+
+    def check_token(self, address: str, token: str) -> tuple[bool, str]:
+        """One call that needs ``token``: (accepted, why not); a refused token starts with UNAUTHENTICATED."""
+        ...
+
+
 class AdbDeployment:
     """One agent deployed on one device; use :meth:`initialize` / :meth:`stop` or ``with``.
+
+    ``probe`` runs the health stage's checks over the forward (see :class:`AgentProbe`).
 
     After ``initialize``: :attr:`grpc_address` is the forwarded ``127.0.0.1:PORT``, :attr:`token`
     the agent's token, and :attr:`device_info` what the checks found (model, SoC, Android version,
     ABI, Python, free space, temperatures when readable).
     """
 
-    def __init__(self, address: DeviceAddress | str, options: AdbDeployOptions | None = None) -> None:
+    def __init__(self, address: DeviceAddress | str, options: AdbDeployOptions | None = None, *,
+                 probe: AgentProbe) -> None:
         self.address = DeviceAddress.parse(address) if isinstance(address, str) else address
         self.options = options or AdbDeployOptions()
+        self.probe = probe
         self.device_info: dict = {}
         self.token = ""
         self.device_port = 0
@@ -760,9 +777,9 @@ class AdbDeployment:
         deadline = time.monotonic() + self.options.start_timeout_s
         last = ""
         while True:
-            healthy, last = probe_agent_health(self.grpc_address, self.token)
+            healthy, last = self.probe.health(self.grpc_address, self.token)
             if healthy:
-                accepted, last = check_agent_token(self.grpc_address, self.token)
+                accepted, last = self.probe.check_token(self.grpc_address, self.token)
                 if accepted:  # launch -> serving with our token: imports, delegate probe, first RPC
                     self.device_info["agent"]["start_s"] = round(time.monotonic() - self._started_at, 1)
                     return
@@ -807,45 +824,3 @@ class AdbDeployment:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-
-def probe_agent_health(address: str, token: str) -> tuple[bool, str]:
-    """One gRPC health check (``grpc.health.v1``) of the agent; returns (serving, why not).
-
-    The agent's token interceptor lets health checks through without a token
-    (``TokenAuthInterceptor.OPEN_PREFIXES``); the token is sent anyway, under the key the interceptor
-    reads, so the probe also works behind a proxy that checks it. The token itself is first checked
-    by the target's first call (``GetDeviceInfo``), which answers UNAUTHENTICATED on a mismatch.
-    """
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from device_agent.server import AUTH_METADATA_KEY
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_RPC_TIMEOUT_S,
-                metadata=((AUTH_METADATA_KEY, f"Bearer {token}"),))
-        except grpc.RpcError as exc:
-            return False, f"health check: {exc.code().name}"
-    if response.status == health_pb2.HealthCheckResponse.SERVING:
-        return True, ""
-    return False, f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
-
-
-def check_agent_token(address: str, token: str) -> tuple[bool, str]:
-    """One authenticated call (``GetDeviceInfo``): (accepted, why not); a refused token says UNAUTHENTICATED."""
-    import grpc
-
-    from device_agent._gen import agent_pb2, agent_pb2_grpc
-    from device_agent.server import AUTH_METADATA_KEY
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            agent_pb2_grpc.AgentStub(channel).GetDeviceInfo(
-                agent_pb2.GetDeviceInfoRequest(), timeout=TOKEN_CHECK_RPC_TIMEOUT_S,
-                metadata=((AUTH_METADATA_KEY, f"Bearer {token}"),))
-        except grpc.RpcError as exc:
-            return False, f"{exc.code().name}: {exc.details()}"
-    return True, ""

@@ -85,7 +85,7 @@ class AdbTarget:
 
     def __init__(self, uri: str, deploy_options: AdbDeployOptions | None = None,
                  reconnect_timeout_s: float | None = None, **options) -> None:
-        from host.targets.remote import RemoteTarget
+        from host.targets.remote import AgentProbe, RemoteTarget
 
         deploy_kw = {k: options.pop(k) for k in list(options) if k in _DEPLOY_FIELDS}
         for k in _IGNORED:
@@ -94,7 +94,8 @@ class AdbTarget:
         self.uri = self.address.uri
         self.reconnect_timeout_s = reconnect_timeout_s if reconnect_timeout_s is not None else _env_seconds(
             RECONNECT_TIMEOUT_ENV, DEFAULT_RECONNECT_TIMEOUT_S)
-        self.deployment = AdbDeployment(self.address, deploy_options or AdbDeployOptions(**deploy_kw))
+        self.deployment = AdbDeployment(self.address, deploy_options or AdbDeployOptions(**deploy_kw),
+                                        probe=AgentProbe())
         self.deployment.initialize()
         try:
             self.remote = RemoteTarget(f"grpc://{self.deployment.grpc_address}", token=self.deployment.token,

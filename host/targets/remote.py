@@ -78,6 +78,12 @@ DEFAULT_IN_FLIGHT = 4
 _CLOSE_TIMEOUT_S = 5.0
 #: Longest wait for the TCP probe that tells a refused port (no agent: fail at once) from a slow one.
 _PROBE_TIMEOUT_S = 2.0
+#: One health probe RPC of a starting agent (the deploy's health stage polls it every fraction of a second).
+HEALTH_RPC_TIMEOUT_S = 2.0
+#: The token check (one GetDeviceInfo): its first answer probes the delegates, seconds on a slow device.
+TOKEN_CHECK_RPC_TIMEOUT_S = 30.0
+#: Metadata key carrying "Bearer <token>" (the agent's ``device_agent.server.AUTH_METADATA_KEY``).
+AUTH_METADATA_KEY = "authorization"
 
 
 
@@ -407,7 +413,7 @@ class RemoteTarget:
         self._tls_ca_file = tls_ca_file
         self._tls = tls or tls_ca_file is not None or uri.startswith("grpcs://")
         self._tls_server_name = tls_server_name
-        self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token else ()
+        self._metadata = _auth_metadata(self._token)
         self._channel: grpc.Channel | None = None
         self._stub: agent_pb2_grpc.AgentStub | None = None
         self._device_info: agent_pb2.DeviceInfo | None = None
@@ -676,6 +682,49 @@ class RemoteTarget:
             if self._channel is not None:
                 self._channel.close()
             self._channel = self._stub = None
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token`` (none without a token)."""
+    return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()
+
+
+class AgentProbe:
+    """One-shot checks of a starting agent at a plaintext ``HOST:PORT`` (an adb forward), each answering
+    ``(ok, why not)`` instead of raising: ``host.deploy.adb.AdbDeployment`` polls them in its health stage.
+    """
+
+    def health(self, address: str, token: str) -> tuple[bool, str]:
+        """One gRPC health check (``grpc.health.v1``) of the agent; returns (serving, why not).
+
+        The agent's token interceptor lets health checks through without a token
+        (``TokenAuthInterceptor.OPEN_PREFIXES``); the token is sent anyway, under the key the interceptor
+        reads, so the probe also works behind a proxy that checks it. The token itself is checked by
+        :meth:`check_token`.
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_RPC_TIMEOUT_S,
+                    metadata=_auth_metadata(token))
+            except grpc.RpcError as exc:
+                return False, f"health check: {exc.code().name}"
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            return True, ""
+        return False, f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
+
+    def check_token(self, address: str, token: str) -> tuple[bool, str]:
+        """One authenticated call (``GetDeviceInfo``): (accepted, why not); a refused token says UNAUTHENTICATED."""
+        with grpc.insecure_channel(address) as channel:
+            try:
+                agent_pb2_grpc.AgentStub(channel).GetDeviceInfo(
+                    agent_pb2.GetDeviceInfoRequest(), timeout=TOKEN_CHECK_RPC_TIMEOUT_S,
+                    metadata=_auth_metadata(token))
+            except grpc.RpcError as exc:
+                return False, f"{exc.code().name}: {exc.details()}"
+        return True, ""
 
 
 def _spec(message: agent_pb2.TensorSpec) -> TensorSpec:

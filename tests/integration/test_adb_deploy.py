@@ -24,6 +24,7 @@ from host.errors import (
     PushError,
     UnsupportedAbiError,
 )
+from host.targets.remote import AgentProbe
 from tests.adbd_sim import AdbdSim, DeviceConfig
 
 #: The simulated device answers at once; a refused key must fail fast.
@@ -48,7 +49,7 @@ def _sim(tmp_path: Path, pub: str, **config) -> AdbdSim:
 def test_unauthorized_device_names_the_key_and_the_prompt(tmp_path: Path, adb_key) -> None:
     key, _ = adb_key
     with AdbdSim(tmp_path / "device", DeviceConfig(authorized_keys=[])) as sim:
-        deployment = AdbDeployment(f"adb://{sim.host}:{sim.port}", _options(key))
+        deployment = AdbDeployment(f"adb://{sim.host}:{sim.port}", _options(key), probe=AgentProbe())
         with pytest.raises(DeviceNotAuthorizedError) as info:
             deployment.initialize()
         assert sim.auth_log == ["signature-rejected", "public-key-prompt-ignored"]
@@ -63,7 +64,8 @@ def test_missing_key_is_created_like_adb_and_accepted_at_the_prompt(tmp_path: Pa
     key = default_adb_key_path()
     assert key == tmp_path / "home/.android/adbkey" and not key.exists()
     with AdbdSim(tmp_path / "device", DeviceConfig(accept_new_keys=True)) as sim:
-        deployment = AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(auth_timeout_s=AUTH_TIMEOUT_S))
+        deployment = AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(auth_timeout_s=AUTH_TIMEOUT_S),
+                                   probe=AgentProbe())
         deployment.connect()
         deployment.stop()
         assert sim.auth_log == ["signature-rejected", "public-key-accepted"]
@@ -78,7 +80,7 @@ def test_unsupported_abi_is_refused_before_anything_is_pushed(tmp_path: Path, ad
     sim.sandbox.write_props()
     with sim:
         with pytest.raises(UnsupportedAbiError, match="'armeabi-v7a'.*arm64-v8a"):
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key)).initialize()
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key), probe=AgentProbe()).initialize()
         assert sim.pushed == {} and sim.wait_for(lambda: sim.live_connections == 0)
 
 
@@ -86,7 +88,7 @@ def test_no_python_on_the_device_lists_what_was_tried(tmp_path: Path, adb_key) -
     key, pub = adb_key
     with _sim(tmp_path, pub, python=None) as sim:
         with pytest.raises(NoPythonError) as info:  # asked for the device's Python (auto would bring a runtime)
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python")).initialize()
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python"), probe=AgentProbe()).initialize()
         assert sim.pushed == {}
     message = str(info.value)
     assert "python3" in message and "/data/local/tmp/dflare/python/bin/python3" in message
@@ -97,7 +99,7 @@ def test_no_python_on_the_device_lists_what_was_tried(tmp_path: Path, adb_key) -
 def test_python_without_native_modules_names_them(tmp_path: Path, adb_key) -> None:
     key, pub = adb_key
     with _sim(tmp_path, pub, python="/usr/bin/python3") as sim:
-        deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key))
+        deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key), probe=AgentProbe())
         try:
             deployment.connect()
             modules = deployment._shell("python3 -c 'import numpy' 2>&1")[1]
@@ -106,14 +108,14 @@ def test_python_without_native_modules_names_them(tmp_path: Path, adb_key) -> No
         if "No module named" not in modules:
             pytest.skip("this machine's /usr/bin/python3 has numpy")
         with pytest.raises(DeviceCheckError, match="lacks the native modules numpy"):
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python")).initialize()
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key, runtime="python"), probe=AgentProbe()).initialize()
 
 
 def test_too_little_space_is_refused_before_pushing(tmp_path: Path, adb_key) -> None:
     key, pub = adb_key
     with _sim(tmp_path, pub, free_bytes=10 * 2**20) as sim:
         with pytest.raises(PushError, match="only 10 MiB free.*free some space"):
-            AdbDeployment(f"{sim.host}:{sim.port}", _options(key)).initialize()
+            AdbDeployment(f"{sim.host}:{sim.port}", _options(key), probe=AgentProbe()).initialize()
         assert sim.pushed == {}
 
 
@@ -121,7 +123,7 @@ def test_push_writes_bundle_and_private_token_and_skips_an_unchanged_bundle(tmp_
     key, pub = adb_key
     with _sim(tmp_path, pub) as sim:
         for round_ in range(2):
-            deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key))
+            deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key), probe=AgentProbe())
             deployment.connect()
             try:
                 info = deployment.check_device()
@@ -153,7 +155,8 @@ def test_taken_host_port_is_a_forward_error(tmp_path: Path, adb_key) -> None:
     taken = socket.create_server(("127.0.0.1", 0))
     try:
         with _sim(tmp_path, pub) as sim:
-            deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key, local_port=taken.getsockname()[1]))
+            deployment = AdbDeployment(f"{sim.host}:{sim.port}", _options(key, local_port=taken.getsockname()[1]),
+                                       probe=AgentProbe())
             deployment.connect()
             deployment.device_port = 1
             deployment.device_info = {"agent": {}}

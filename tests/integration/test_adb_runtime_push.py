@@ -17,6 +17,7 @@ from adb_shell.auth.keygen import keygen
 from host.deploy import runtime_bundle
 from host.deploy.adb import RUNTIME_MARKER, AdbDeployment, AdbDeployOptions
 from host.errors import AgentStartError
+from host.targets.remote import AgentProbe
 from tests.adbd_sim import AdbdSim, DeviceConfig
 
 RUNTIME_TARBALL = "data/local/tmp/dflare/runtime.staging.tar.gz"
@@ -47,7 +48,8 @@ def sim(tmp_path: Path):
 
 def _push(sim: AdbdSim, tarball: Path, tmp_path: Path) -> AdbDeployment:
     deployment = AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(
-        key_path=tmp_path / "adbkey", auth_timeout_s=1.0, runtime="runtime", runtime_bundle=tarball))
+        key_path=tmp_path / "adbkey", auth_timeout_s=1.0, runtime="runtime", runtime_bundle=tarball),
+        probe=AgentProbe())
     deployment.connect()
     deployment.check_device()
     deployment.push_agent()
@@ -91,7 +93,7 @@ def test_auto_brings_the_runtime_to_an_arm64_phone_without_python_and_uses_a_pyt
         config = DeviceConfig(authorized_keys=[(tmp_path / "adbkey.pub").read_text()], python=python)
         with AdbdSim(tmp_path / f"device-{uses_runtime}", config) as sim:
             deployment = AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(
-                key_path=tmp_path / "adbkey", auth_timeout_s=1.0, runtime_bundle=tarball))
+                key_path=tmp_path / "adbkey", auth_timeout_s=1.0, runtime_bundle=tarball), probe=AgentProbe())
             deployment.connect()
             try:
                 info = deployment.check_device()

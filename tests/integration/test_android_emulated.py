@@ -29,6 +29,7 @@ from adb_shell.auth.keygen import keygen
 from host.deploy.adb import RUNTIME_MARKER, AdbDeployment, AdbDeployOptions
 from host.deploy.runtime_bundle import RuntimeBundle, build_runtime
 from host.errors import AgentStartError, DelegateUnavailableError
+from host.targets.remote import AgentProbe
 from tests.adbd_sim import AdbdSim, Arm64Emulation, DeviceConfig
 
 pytestmark = pytest.mark.android
@@ -87,7 +88,8 @@ def phone(tmp_path: Path, monkeypatch, runtime: RuntimeBundle):
 
 def _deployment(sim: AdbdSim, runtime: RuntimeBundle) -> AdbDeployment:
     return AdbDeployment(f"{sim.host}:{sim.port}", AdbDeployOptions(
-        auth_timeout_s=AUTH_TIMEOUT_S, start_timeout_s=START_TIMEOUT_S, runtime_bundle=runtime.path))
+        auth_timeout_s=AUTH_TIMEOUT_S, start_timeout_s=START_TIMEOUT_S, runtime_bundle=runtime.path),
+        probe=AgentProbe())
 
 
 def test_the_device_has_no_system_libc_no_dev_shm_no_home_and_runs_aarch64(phone: AdbdSim,

@@ -93,3 +93,25 @@ def test_the_device_agent_never_imports_the_host():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "device_agent").rglob("*.py")
                  if any(_unit(name).split(".")[0] == "host" for name in _imports(p))]
     assert offenders == []
+
+
+def _is_grpc(name: str) -> bool:
+    top = name.split(".")[0]
+    return top == "grpc" or top.startswith("grpc_")
+
+
+def test_only_targets_import_grpc_on_the_host_side():
+    """gRPC is host.targets' business (remote.py translates every RpcError): no other host module imports
+    grpc, grpc_health and the like, or a device_agent module that does (the generated stubs, the server)."""
+    grpc_agent_modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (ROOT / "device_agent").rglob("*.py") if any(_is_grpc(name) for name in _imports(p))}
+    assert "device_agent._gen.agent_pb2_grpc" in grpc_agent_modules, "the scan is broken"
+    offenders = {}
+    for path in (ROOT / "host").rglob("*.py"):
+        if path.relative_to(ROOT / "host").parts[0] == "targets":
+            continue
+        found = sorted(name for name in _imports(path) if _is_grpc(name) or name in grpc_agent_modules)
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "gRPC outside host/targets/ (route it through host.targets.remote)"
