@@ -24,8 +24,10 @@ from host.explain.html import write_explain_html
 from host.explain.matching import Matching, match_graphs
 from host.explain.metrics import ErrorStats, error_stats, growth
 from host.explain.output import write_explain
+from host.explain.suggest import suggest
 from host.explain.tensors import DeviceGraphRunner, GraphRunner
 from host.records import InputRecord
+from host.report.writer import write_reports
 from host.store import CampaignStore
 from host.targets import ModelSpec, TargetOptions, open_target
 
@@ -225,15 +227,19 @@ class Explainer:
             if small is not None:
                 entries.append(self._entry(record, small.image, "minimized", small.stem,
                                            (small.label_original, small.label_compressed)))
+        ranking = _ranking(entries)
+        campaign = str(Path(self.store.path).parent)
         return {
             "schema": SCHEMA,
-            "campaign": str(Path(self.store.path).parent),
+            "campaign": campaign,
             "models": {role: self._model_dict(role, s) for role, s in self.sources.items()},
             "rule": blame.rule_dict(),
             "matching": self.matching.to_dict(),
             "tensors": [{"match": k, **m.to_dict()} for k, m in enumerate(self.matching.matches)],
             "inputs": entries,
-            "ranking": _ranking(entries),
+            "ranking": ranking,
+            "suggestion": suggest(ranking, len(entries), self.runners["original"].graph,
+                                  [m.original for m in self.matching.matches], campaign),
             "seconds": time.monotonic() - started,
         }
 
@@ -293,6 +299,9 @@ def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | N
                       device: DeviceOptions | None = None) -> tuple[Path, dict[str, Any]]:
     """Explain a campaign directory, write its explain.json and explain.html; return the JSON's path and the document.
 
+    The campaign's reports (summary.json, report.html) are written again afterwards, so they show
+    the explained figures (``host.report.explain_view``).
+
     Args:
         out_dir: the campaign's directory.
         overrides: model paths per role replacing the stored config's.
@@ -309,8 +318,10 @@ def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | N
             doc = explainer.explain()
         finally:
             explainer.close()
-    write_explain_html(doc, out_dir)
-    return write_explain(doc, out_dir), doc
+        write_explain_html(doc, out_dir)
+        path = write_explain(doc, out_dir)
+        write_reports(store, out_dir)
+    return path, doc
 
 
 def _ranking(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """DIR/explain.html: per input, the per-layer SNR of seed and triggering input with the blamed layer marked.
 
-A page of its own next to report.html (the report's templates are not touched). It uses the
-reports' jinja2 environment (autoescaped, strict) and SVG charts; the template lives here as a string
-because package data ships only the report's template folder.
+A page of its own next to report.html, which links here from each input it explains. It uses the
+reports' jinja2 environment (autoescaped, strict) and the report's chart of one input
+(``host.report.explain_view.snr_chart``); the template lives here as a string because package data
+ships only the report's template folder.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from host.files import atomic_write
+from host.report.explain_view import EXPLAIN_HTML, snr_chart
 from host.report.jinja_env import environment
-from host.report.svg_charts import Series, bar_chart, data_uri
-
-EXPLAIN_HTML = "explain.html"
-
-#: SNR above this is drawn at this height: identical tensors sit at the 150 dB cap and would flatten the rest.
-PLOT_MAX_DB = 100.0
+from host.report.svg_charts import data_uri
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dflare explain: {{ doc.campaign }}</title>
@@ -60,19 +57,6 @@ first jump: {% if e.first_jump %}<b>#{{ e.first_jump.match }} {{ e.first_jump.la
 <td>{{ "%.3g" | format(row.trigger.max_abs) }}</td></tr>{% endfor %}</table></section>
 {% endfor %}</body></html>
 """
-
-
-def snr_chart(entry: dict[str, Any]) -> str:
-    """Side-by-side bars per matched tensor: SNR on the seed and on the triggering input (capped for display)."""
-    layers = entry["layers"]
-    trigger = [min(PLOT_MAX_DB, max(0.0, r["trigger"]["snr_db"])) for r in layers]
-    series = [Series("triggering input", trigger, "#d62728")]
-    if all("seed" in r for r in layers):
-        series.insert(0, Series("seed", [min(PLOT_MAX_DB, max(0.0, r["seed"]["snr_db"])) for r in layers], "#1f77b4"))
-    jump = entry["first_jump"]
-    title = f"SNR per layer; first jump at #{jump['match']}" if jump else "SNR per layer; no first jump by the rule"
-    return bar_chart(list(range(len(layers) + 1)), series, title, "matched tensor # (execution order)",
-                     "SNR dB (compressed vs original)", stacked=False)
 
 
 def write_explain_html(doc: dict[str, Any], out_dir: str | Path) -> Path:

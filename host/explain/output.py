@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from host.files import atomic_write
-
-EXPLAIN_JSON = "explain.json"
+from host.report.explain_view import EXPLAIN_JSON
 
 #: Characters of a layer name in the table (the full names are in explain.json).
 LAYER_WIDTH = 36
@@ -55,7 +54,25 @@ def format_table(doc: dict[str, Any]) -> str:
         for r in doc["ranking"]:
             lines.append(f"  #{r['match']:<3} {_short(r['layer']):<{LAYER_WIDTH}} {r['op']:<16} "
                          f"{r['first_jump']:>3} / {r['most_grown']}")
+    lines.extend(suggestion_lines(doc.get("suggestion")))
     return "\n".join(lines)
+
+
+def suggestion_lines(suggestion: dict[str, Any] | None) -> list[str]:
+    """The deny-list suggestion: the layers, and the forms QuantizationDebugOptions takes."""
+    if not suggestion or not suggestion["inputs"]:
+        return []
+    if not suggestion["denylisted_nodes"]:
+        return ["", f"keep in float: nothing suggested ({suggestion['why']})"]
+    lines = ["", f"keep in float ({suggestion['rule']}):"]
+    lines.extend(f"  #{e['match']:<3} {e['layer']} ({e['op']}): first jump on {e['first_jump']} of "
+                 f"{suggestion['inputs']} inputs" for e in suggestion["layers"])
+    lines.append(f"  denylisted_nodes: {suggestion['denylisted_nodes']}")
+    if suggestion["denylisted_ops"]:
+        lines.append(f"  denylisted_ops: {suggestion['denylisted_ops']} (every op of that type in the graph)")
+    lines.append(f"  {suggestion['python']}")
+    lines.append(f"  try it (TensorFlow extra): {suggestion['command']}")
+    return lines
 
 
 def summary_line(doc: dict[str, Any]) -> str:

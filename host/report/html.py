@@ -3,9 +3,11 @@
 Sections: the campaign header (models, digests, device info, delegates, runtime versions), the
 summary numbers, two plots drawn as SVG (queries per seed; cumulative triggered vs queries), the
 analysis (label-flip table, per-class deviation rates, the L2 distance histogram of raw vs minimized
-inputs, operators, minimization and bound figures), and a gallery of deviating inputs, each with its
+inputs, operators, minimization and bound figures), when ``dflare explain`` has run the layer
+ranking and deny-list suggestion (``explain_view``), and a gallery of deviating inputs, each with its
 seed, the raw mutant and the minimized mutant side by side (each with an amplified difference image
-and its distances), the two models' top-5 probabilities and the mutation trace.
+and its distances), the two models' top-5 probabilities, the mutation trace and, when explained,
+the per-layer SNR plot (seed vs input, blamed layer marked) linking to explain.html.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from host.artifacts import png_bytes
 from host.files import atomic_write
 from host.records import InputRecord, MinimizedRecord
 from host.report import svg_charts
+from host.report.explain_view import gallery_view, read_explain
 from host.report.jinja_env import environment
 from host.search.deviation import top1_tied
 from host.search.results import SeedStatus
@@ -63,7 +66,8 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
             for i in order]
 
 
-def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None) -> dict[str, Any]:
+def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None,
+                  explained: dict[str, Any] | None = None) -> dict[str, Any]:
     from host.report.analysis import input_distances
 
     item: dict[str, Any] = {
@@ -78,6 +82,7 @@ def _gallery_item(record: InputRecord, minimized: MinimizedRecord | None = None)
         "top_original": top_k(record.probs_original),
         "top_compressed": top_k(record.probs_compressed),
         "tie": bool(top1_tied(record.probs_compressed)),
+        "explain": gallery_view(explained, record.stem),
     }
     if record.seed_image is not None:
         diff, gain = amplified_difference(record.image, record.seed_image)
@@ -184,6 +189,7 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
     flaky = [r for r in records if r.status is SeedStatus.flaky]
     shown = (triggered + flaky)[:MAX_GALLERY_INPUTS]
     minimized = store.minimized()
+    explained, _ = read_explain(summary["out"], store.model_digests())  # the summary says why when it is not used
     context = {
         "title": f"dflare-edge report: {summary['config'].get('algo', '')}",
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -191,7 +197,8 @@ def render_html(store: CampaignStore, summary: dict[str, Any]) -> str:
         "summary": summary,
         "config": summary["config"],
         "targets": {role: target_rows(t) for role, t in summary["per_target"].items()},
-        "gallery": [_gallery_item(r, minimized.get((r.seed_index, r.n))) for r in shown],
+        "gallery": [_gallery_item(r, minimized.get((r.seed_index, r.n)), explained) for r in shown],
+        "explain": summary.get("explain"),
         "analysis": summary["analysis"],
         "distance_plot": distance_plot(summary["analysis"]["l2_histogram"]),
         "hidden_inputs": len(records) - len(shown),

@@ -18,7 +18,9 @@ their search kept (``mutants_kept``: 0 means it never left the seed image), per-
 figures, the models, the config, and whether every requested seed has finished (``complete``).
 ``analysis`` (``analysis.py``) holds the label-flip table, per-class deviation rates, distance
 statistics and histogram, operators, minimization totals and the perturbation bound; each entry of
-``triggering_inputs`` carries its ``distances`` (raw and minimized) and its ``minimized`` record.
+``triggering_inputs`` carries its ``distances`` (raw and minimized), its ``minimized`` record and,
+when ``dflare explain`` has run, its per-layer figures (``explain``: ``explain_view.input_view``);
+the campaign-level ``explain`` holds the layer ranking and the deny-list suggestion.
 Minimization queries are never part of ``total_queries`` or the per-trigger figures.
 """
 
@@ -32,6 +34,7 @@ from host.figures import figures
 from host.files import atomic_write
 from host.records import SeedRecord
 from host.report.analysis import analysis
+from host.report.explain_view import input_view, read_explain, summary_view
 from host.search.results import SeedStatus
 from host.store import CampaignStore
 
@@ -77,6 +80,7 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
     analysed = analysis(store)
     distances = analysed.pop("inputs")
     minimized = store.minimized()
+    explained, explain_note = read_explain(out_dir, models)
     summary: dict[str, Any] = {key: fig[key] for key in JSON_KEYS if key != "out"}
     summary["out"] = str(out_dir)
     summary.update({
@@ -98,10 +102,12 @@ def build_summary(store: CampaignStore, out_dir: str | Path) -> dict[str, Any]:
             {"seed_index": i.seed_index, "n": i.n, "status": i.status.value, "label_original": i.label_original,
              "label_compressed": i.label_compressed, "queries": i.queries, "seconds": i.seconds,
              "reproduced": i.reproduced, "png": f"inputs/{i.stem}.png", "npy": f"inputs/{i.stem}.npy",
-             "distances": distances.get(i.stem), "minimized": _minimized_view(minimized.get((i.seed_index, i.n)))}
+             "distances": distances.get(i.stem), "minimized": _minimized_view(minimized.get((i.seed_index, i.n))),
+             "explain": input_view(explained, i.stem)}
             for i in store.inputs()
         ],
         "analysis": analysed,
+        "explain": summary_view(explained, explain_note),
         "per_algorithm": per_algorithm,
         "per_target": per_target,
         "algo": config.get("algo"),

@@ -19,6 +19,8 @@ WIDTH, HEIGHT = 600, 320
 MARGIN = (62, 14, 34, 48)
 FONT = "font-family='sans-serif' font-size='12'"
 TITLE_FONT = "font-family='sans-serif' font-size='14'"
+#: The shade behind a highlighted bin (explain's blamed layer).
+HIGHLIGHT_COLOR = "#fde2e1"
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,21 @@ class _Frame:
 
 
 def bar_chart(edges: Sequence[float], series: Sequence[Series], title: str, xlabel: str, ylabel: str,
-              stacked: bool = True) -> str:
-    """Bars over the bins ``edges[i]..edges[i+1]``: series stacked, or side by side in each bin."""
+              stacked: bool = True, highlight: int | None = None, highlight_label: str = "") -> str:
+    """Bars over the bins ``edges[i]..edges[i+1]``: series stacked, or side by side in each bin.
+
+    ``highlight`` shades bin ``highlight`` behind its bars and writes ``highlight_label`` above it.
+    """
     if stacked:
         top = max((sum(vals) for vals in zip(*(s.values for s in series))), default=0.0)
     else:
         top = max((max(s.values, default=0.0) for s in series), default=0.0)
     frame = _Frame((float(edges[0]), float(edges[-1])), float(top), title, xlabel, ylabel)
+    if highlight is not None and 0 <= highlight < len(edges) - 1:
+        frame.rect(float(edges[highlight]), float(edges[highlight + 1]), 0.0, frame.y1, HIGHLIGHT_COLOR)
+        x = frame.x((float(edges[highlight]) + float(edges[highlight + 1])) / 2)
+        frame.parts.append(f"<text x='{x:.1f}' y='{frame.py1 - 2}' text-anchor='middle' {FONT}>"
+                           f"{escape(highlight_label)}</text>")
     for i in range(len(edges) - 1):
         low, high = float(edges[i]), float(edges[i + 1])
         base = 0.0
