@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import zipfile
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from host import __version__
 from host.errors import ConfigError
+from host.files import atomic_write
 
 #: Platforms a bundle can be built for -> the CPU ABIs (``ro.product.cpu.abi`` / ``uname -m``) it runs on.
 PLATFORMS: dict[str, tuple[str, ...]] = {
@@ -123,9 +125,9 @@ def build_bundle(out_dir: str | Path, platform: str) -> Bundle:
                 "native_requirements": [pip for _, pip in NATIVE_REQUIREMENTS]}
     files = _package_files("device_agent")
     vendored = [(f, "_vendor/" + name) for pkg in VENDORED_PACKAGES for f, name in _package_files(pkg)]
-    tmp = path.with_suffix(".tmp")
+    buf = io.BytesIO()  # a few MB: built in memory, then written whole (a failed build keeps the old bundle)
     # Fixed timestamps keep the archive (and so its sha256) identical across builds of the same sources.
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for src, name in [*files, *vendored]:
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -138,9 +140,9 @@ def build_bundle(out_dir: str | Path, platform: str) -> Bundle:
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, text)
-    content = tmp.read_bytes()
-    tmp.replace(path)
+    content = buf.getvalue()
+    atomic_write(path, content)
     bundle = Bundle(path, platform, PLATFORMS[platform], hashlib.sha256(content).hexdigest(), len(content),
                     __version__)
-    (out_dir / (BUNDLE_NAME + ".json")).write_text(json.dumps(bundle.to_dict(), indent=1))
+    atomic_write(out_dir / (BUNDLE_NAME + ".json"), json.dumps(bundle.to_dict(), indent=1))
     return bundle

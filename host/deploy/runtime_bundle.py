@@ -53,6 +53,7 @@ from typing import Callable, Iterable
 
 from host.deploy.elf import EM_AARCH64, elf_machine, needed_libraries
 from host.errors import ConfigError
+from host.files import atomic_write
 
 #: The platform this runtime is built for (``host.deploy.bundle.PLATFORMS``).
 PLATFORM = "android-arm64"
@@ -411,9 +412,13 @@ def compile_tree(tree: Path) -> None:
 
 
 def write_tarball(tree: Path, out: Path) -> None:
-    """A gzip'd tar of ``tree``: sorted entries, root-owned, fixed mtimes, no name or time in the gzip header."""
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
+    """A gzip'd tar of ``tree``: sorted entries, root-owned, fixed mtimes, no name or time in the gzip header.
+
+    Built in memory (about 40 MiB) and written with :func:`host.files.atomic_write`, so a failed build
+    leaves the previous tarball (or none), never a truncated one.
+    """
+    raw = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for path in sorted(tree.rglob("*")):
             rel = path.relative_to(tree).as_posix()
@@ -430,7 +435,7 @@ def write_tarball(tree: Path, out: Path) -> None:
                 info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
-    tmp.replace(out)
+    atomic_write(out, raw.getvalue())
 
 
 def build_runtime(platform: str = PLATFORM, cache_dir: Path | None = None, log: Log | None = None,
@@ -480,7 +485,7 @@ def build_runtime(platform: str = PLATFORM, cache_dir: Path | None = None, log: 
     bundle = RuntimeBundle(path=out, platform=platform, sha256=content_sha, size_bytes=out.stat().st_size,
                            unpacked_bytes=unpacked, files=files, tree_sha256=tree_sha, cached=False,
                            build_s=round(time.monotonic() - start, 1))
-    manifest.write_text(json.dumps(bundle.to_dict(), indent=1) + "\n")
+    atomic_write(manifest, json.dumps(bundle.to_dict(), indent=1) + "\n")
     prune_cache(cache_dir, platform)
     return bundle
 

@@ -54,6 +54,19 @@ def test_tarball_is_reproducible_sorted_root_owned_with_fixed_mtimes(tmp_path: P
     assert {m.name: m.mode for m in members if m.isfile()} == {"bin/tool": 0o755, "lib/python3.11/os.py": 0o644}
 
 
+def test_a_failed_tarball_build_keeps_the_previous_tarball_and_leaves_no_temporary(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree")
+    out = tmp_path / "out" / "runtime.tar.gz"
+    out.parent.mkdir()
+    runtime_bundle.write_tarball(tree, out)
+    before = out.read_bytes()
+    (tree / "bin/dangling").symlink_to(tree / "missing")  # is_dir() False, stat() fails: mid-archive
+    with pytest.raises(FileNotFoundError):
+        runtime_bundle.write_tarball(tree, out)
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == ["runtime.tar.gz"]
+
+
 def test_cache_keeps_the_newest_tarballs(tmp_path: Path) -> None:
     for i in range(5):
         tarball = tmp_path / f"runtime-android-arm64-{i:016x}.tar.gz"

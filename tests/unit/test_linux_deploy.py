@@ -108,3 +108,18 @@ def test_zipapp_runs_with_only_the_native_modules_installed(tmp_path: Path) -> N
                          env={"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "python"
+
+
+def test_a_failed_bundle_build_keeps_the_previous_bundle_and_leaves_no_temporary(tmp_path: Path, monkeypatch) -> None:
+    from host.deploy import bundle as bundle_module
+
+    out = tmp_path / "dist"
+    built = bundle_module.build_bundle(out, "linux-x86_64")
+    before = built.path.read_bytes()
+    real = bundle_module._package_files
+    monkeypatch.setattr(bundle_module, "_package_files",
+                        lambda name: [*real(name), (tmp_path / "vanished.py", "vanished.py")])
+    with pytest.raises(FileNotFoundError):
+        bundle_module.build_bundle(out, "linux-x86_64")
+    assert built.path.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [bundle_module.BUNDLE_NAME, bundle_module.BUNDLE_NAME + ".json"]
