@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_adb(args: argparse.Namespace) -> int:
-    address = DeviceAddress.parse(args.host) if args.host else DeviceAddress(serial=args.serial)
+    address = DeviceAddress.parse(args.host or args.serial)  # a HOST:PORT serial (`adb devices`) is network adb
     options = AdbDeployOptions(device_dir=args.device_dir, python=args.python, device_port=args.device_port,
                                local_port=args.local_port, bundle=args.bundle, key_path=args.key,
                                auth_timeout_s=args.auth_timeout_s, start_timeout_s=args.start_timeout_s,

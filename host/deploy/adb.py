@@ -177,23 +177,59 @@ class DeviceAddress:
     def __str__(self) -> str:
         return self.uri
 
+    @property
+    def tcp_address(self) -> str:
+        """``HOST:PORT`` of network adb (``[HOST]:PORT`` for IPv6); empty for a USB serial."""
+        if not self.host:
+            return ""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def transport(self) -> BaseTransport:
         """A new adb-shell transport to the device (not yet connected).
 
         Raises:
-            DeviceConnectError: USB requested without the usb extra, or no such USB device.
+            DeviceConnectError: a USB serial without the usb extra, or no USB device with that serial
+                (the message lists the attached ones).
         """
         if self.host:
             return TcpTransport(self.host, self.port)
         try:
             from adb_shell.transport.usb_transport import UsbTransport
-        except (ImportError, OSError):
-            raise DeviceConnectError(self, "USB adb needs the usb extra: pip install 'dflare-edge[usb]' "
-                                           "(or use network adb: adb://HOST:PORT)") from None
+        except (ImportError, OSError):  # libusb1 missing, or its shared library
+            raise DeviceConnectError(
+                self, f"device {self.serial!r} is not reachable over TCP (a bare serial is no network address: "
+                      f"network adb takes adb://HOST:PORT, e.g. adb://192.168.1.5:{DEFAULT_ADB_PORT}), and USB "
+                      "devices need the usb extra, which is not installed: pip install 'dflare-edge[usb]'") from None
         try:
             return UsbTransport.find_adb(self.serial)
-        except Exception as exc:  # noqa: BLE001 - adb-shell raises several unrelated types here
-            raise DeviceConnectError(self, f"no USB adb device with serial {self.serial}: {exc}") from None
+        except Exception:  # noqa: BLE001 - adb-shell raises several unrelated types here
+            attached = attached_usb_serials(UsbTransport)
+            listed = ", ".join(attached) if attached else "none"
+            raise DeviceConnectError(
+                self, f"no USB adb device with serial {self.serial!r} is attached (attached: {listed}); check "
+                      "the cable and that USB debugging is on, or pick one of those serials") from None
+
+
+#: Shown for an attached USB adb device whose serial cannot be read (on Linux: no udev rule for it).
+UNREADABLE_SERIAL = "(a device whose serial cannot be read: check its udev permissions)"
+
+
+def attached_usb_serials(usb_transport: type) -> list[str]:
+    """The serials of the USB adb devices attached now, through adb-shell's ``UsbTransport`` class.
+
+    Never raises: a device whose serial cannot be read is listed as :data:`UNREADABLE_SERIAL`, and a
+    USB stack that cannot be enumerated at all gives ``["(cannot list USB devices: ...)"]``.
+    """
+    serials = []
+    try:
+        for transport in usb_transport.find_all_adb_devices():
+            try:
+                serials.append(str(transport.serial_number))
+            except Exception:  # noqa: BLE001 - usb1.USBError, whose module may not even import here
+                serials.append(UNREADABLE_SERIAL)
+    except Exception as exc:  # noqa: BLE001 - libusb errors (permissions, no USB bus in a container)
+        serials.append(f"(cannot list USB devices: {exc})")
+    return serials
 
 
 @dataclass
@@ -337,9 +373,9 @@ class AdbDeployment:
         self._adb, _ = self._open_device()
 
     def _open_device(self) -> tuple[AdbDevice, BaseTransport]:
+        transport = self.address.transport()  # first: no key is created for a device that is not there
         if self._signer is None:
             self._signer, self._key_path = load_adb_key(self.options.key_path)
-        transport = self.address.transport()
         device = AdbDevice(transport, default_transport_timeout_s=self.options.transport_timeout_s)
         try:
             device.connect(rsa_keys=[self._signer], auth_timeout_s=self.options.auth_timeout_s,
@@ -347,9 +383,10 @@ class AdbDeployment:
         except OSError as exc:
             with contextlib.suppress(Exception):
                 device.close()
-            raise DeviceConnectError(self.uri, f"cannot reach adbd ({exc.strerror or exc}): for network adb run "
-                                               "`adb tcpip 5555` or enable Wireless debugging, and check "
-                                               "HOST:PORT") from None
+            where = f" at {self.address.tcp_address}" if self.address.host else ""
+            raise DeviceConnectError(self.uri, f"cannot reach adbd{where} ({exc.strerror or exc}): for network adb "
+                                               f"run `adb tcpip {DEFAULT_ADB_PORT}` or enable Wireless debugging, "
+                                               "and check HOST:PORT") from None
         except (TcpTimeoutException, AdbTimeoutError, DeviceAuthError, InvalidResponseError) as exc:
             with contextlib.suppress(Exception):
                 device.close()
