@@ -4,10 +4,15 @@
         [--recipe int8|dynamic|float16] [--epochs N] [--learning-rate X] [--holdout-fraction F]
         [--seed N] [--json]
 
+    dflare repair --campaign DIR --keep-float LAYERS|suggested --original-keras M --out DIR2 [--json]
+
 Writes DIR2/<compressed>-repaired.tflite, DIR2/repair_report.{json,md}, the repair set
 (DIR2/repair_set.npz, DIR2/repair_set/*.png + labels.csv), the held-out triggering inputs and a
 re-run campaign against the repaired model (DIR2/rerun/). Needs TensorFlow (``pip install
 dflare-edge[repair]``) except with ``--export-only``. The work is in ``host.repair.pipeline``.
+``--keep-float`` instead re-converts the Keras original with those layers in float (TFLite's
+QuantizationDebugger deny-list) and measures the campaign's triggering inputs, size and latency
+(``host.repair.keep_float``; DIR2/keep_float_report.{json,md}).
 """
 
 from __future__ import annotations
@@ -55,11 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip re-running the search against the repaired model")
     p.add_argument("--export-only", action="store_true",
                    help="only write the repair set (npz, PNG + labels.csv); needs no TensorFlow")
+    p.add_argument("--keep-float", metavar="LAYERS",
+                   help="instead of fine-tuning: re-convert the Keras original (full integer) with these layers in "
+                   "float, comma-separated (explain's layer names, full tensor names or builtin op names such as "
+                   "SOFTMAX; 'suggested' takes DIR/explain.json's suggestion), and report the campaign's triggering "
+                   "inputs that still deviate, size and latency")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.keep_float is not None:
+        return _keep_float(args)
     from host.repair.pipeline import run_repair
 
     options = RepairOptions(
@@ -76,5 +88,23 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(model_table(report["models"])))
     if "dflare" in report:
         print("\n".join(dflare_table(report["dflare"])))
+    print(f"report: {report['files']['markdown']}")
+    return 0
+
+
+def _keep_float(args: argparse.Namespace) -> int:
+    from host.errors import ConfigError
+    from host.repair.keep_float import KeepFloatOptions, parse_layers, run_keep_float, table
+
+    if args.export_only:
+        raise ConfigError("--keep-float re-converts a model; it cannot be combined with --export-only")
+    options = KeepFloatOptions(campaign=args.campaign, out=args.out, original_keras=args.original_keras,
+                               layers=parse_layers(args.keep_float), seeds=args.seeds, original=args.original,
+                               compressed=args.compressed)
+    report = run_keep_float(options)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    print("\n".join(table(report["models"])))
     print(f"report: {report['files']['markdown']}")
     return 0

@@ -325,10 +325,15 @@ def explain_directory(out_dir: str | Path, overrides: dict[str, Path | None] | N
 
 
 def _ranking(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Layers by how many inputs the rule blames on them, then by how often they are among the most grown."""
+    """Layers by how many inputs the rule blames on them, then by how often they are among the most grown;
+    ``carries`` counts the inputs on which either holds."""
     jumps = Counter(e["first_jump"]["match"] for e in entries if e["first_jump"])
     grown = Counter(g["match"] for e in entries for g in e["most_grown"])
+    # A layer carries an input's deviation when the rule blames it or it is among the most grown (counted once).
+    carries = Counter(k for e in entries
+                      for k in {g["match"] for g in e["most_grown"]} | ({e["first_jump"]["match"]} if e["first_jump"]
+                                                                        else set()))
     names = {row["match"]: (row["layer"], row["op"]) for e in entries for row in e["layers"]}
     order = sorted(set(jumps) | set(grown), key=lambda k: (-jumps[k], -grown[k], k))
-    return [{"match": k, "layer": names[k][0], "op": names[k][1], "first_jump": jumps[k], "most_grown": grown[k]}
-            for k in order]
+    return [{"match": k, "layer": names[k][0], "op": names[k][1], "first_jump": jumps[k], "most_grown": grown[k],
+             "carries": carries[k]} for k in order]

@@ -36,9 +36,9 @@ explained with <b>{{ m.kernels }}</b> kernels
 {% if doc.matching.unsure %}; <span class="note">unsure: {{ doc.matching.unsure | join(", ") }}</span>{% endif %}</p>
 {% if doc.ranking %}<h2>Layers across the campaign</h2>
 <table><tr><th>#</th><th class="name">layer</th><th class="name">op</th><th>first jump</th>
-<th>among most grown</th></tr>
+<th>among most grown</th><th>carries</th></tr>
 {% for r in doc.ranking %}<tr><td>{{ r.match }}</td><td class="name">{{ r.layer }}</td><td class="name">{{ r.op }}</td>
-<td>{{ r.first_jump }}</td><td>{{ r.most_grown }}</td></tr>{% endfor %}</table>{% endif %}
+<td>{{ r.first_jump }}</td><td>{{ r.most_grown }}</td><td>{{ r.carries }}</td></tr>{% endfor %}</table>{% endif %}
 {% for e in entries %}<section id="explain-{{ e.input }}"><h2>{{ e.input }} ({{ e.kind }})</h2>
 <p><img class="input" src="{{ e.png }}" alt="{{ e.input }}"> campaign {{ e.labels.stored.original }} vs
 {{ e.labels.stored.compressed }}, explain {{ e.labels.explain.original }} vs {{ e.labels.explain.compressed }}

@@ -50,10 +50,10 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.extend(_entry_lines(entry))
     if doc["ranking"]:
         lines.append("")
-        lines.append("layers across the campaign (first jump / among the most grown):")
+        lines.append("layers across the campaign (first jump / among the most grown / carries either):")
         for r in doc["ranking"]:
             lines.append(f"  #{r['match']:<3} {_short(r['layer']):<{LAYER_WIDTH}} {r['op']:<16} "
-                         f"{r['first_jump']:>3} / {r['most_grown']}")
+                         f"{r['first_jump']:>3} / {r['most_grown']:>3} / {r.get('carries', '-')}")
     lines.extend(suggestion_lines(doc.get("suggestion")))
     return "\n".join(lines)
 
@@ -65,8 +65,8 @@ def suggestion_lines(suggestion: dict[str, Any] | None) -> list[str]:
     if not suggestion["denylisted_nodes"]:
         return ["", f"keep in float: nothing suggested ({suggestion['why']})"]
     lines = ["", f"keep in float ({suggestion['rule']}):"]
-    lines.extend(f"  #{e['match']:<3} {e['layer']} ({e['op']}): first jump on {e['first_jump']} of "
-                 f"{suggestion['inputs']} inputs" for e in suggestion["layers"])
+    lines.extend(f"  #{e['match']:<3} {e['layer']} ({e['op']}): carries {e['carries']} of {suggestion['inputs']} "
+                 f"inputs (first jump on {e['first_jump']})" for e in suggestion["layers"])
     lines.append(f"  denylisted_nodes: {suggestion['denylisted_nodes']}")
     if suggestion["denylisted_ops"]:
         lines.append(f"  denylisted_ops: {suggestion['denylisted_ops']} (every op of that type in the graph)")

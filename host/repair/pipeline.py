@@ -116,7 +116,7 @@ class RepairOptions:
 
 
 @dataclass
-class _Sessions:
+class Sessions:
     """The campaign's two models loaded on the campaign's targets (for measuring)."""
 
     original: Session
@@ -162,7 +162,7 @@ def run_repair(options: RepairOptions, say: Callable[[str], None] | None = None)
                               "held_out_seeds": sorted({t.seed_index for t in held_out})},
     }
     with contextlib.ExitStack() as stack:
-        sessions = _open_sessions(data.config, stack)
+        sessions = open_sessions(data.config, stack)
         seed_labels, label_source = _seed_labels(data, sessions.original)
         repair_set = dataset.build_repair_set(repair_part, data.seeds.x, seed_labels, options.trigger_copies)
         files = dataset.export_repair_set(repair_set, out)
@@ -192,7 +192,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _open_sessions(config: CampaignConfig, stack: contextlib.ExitStack) -> _Sessions:
+def open_sessions(config: CampaignConfig, stack: contextlib.ExitStack) -> Sessions:
     original_spec = read_model(config.original, "original", config.reference_delegate, config)
     compressed_spec = read_model(config.compressed, "compressed", config.delegate, config)
     targets: dict[str, Target] = {}
@@ -203,10 +203,10 @@ def _open_sessions(config: CampaignConfig, stack: contextlib.ExitStack) -> _Sess
     stack.callback(original.close)
     compressed = targets[config.target].load(compressed_spec)
     stack.callback(compressed.close)
-    return _Sessions(original, compressed, compressed_spec, targets)
+    return Sessions(original, compressed, compressed_spec, targets)
 
 
-def _labels(session: Session, images: np.ndarray) -> np.ndarray:
+def top1_labels(session: Session, images: np.ndarray) -> np.ndarray:
     """Top-1 labels of a uint8 batch, in chunks a remote agent accepts."""
     if len(images) == 0:
         return np.zeros(0, np.int64)
@@ -217,7 +217,7 @@ def _labels(session: Session, images: np.ndarray) -> np.ndarray:
 def _seed_labels(data: CampaignData, original: Session) -> tuple[np.ndarray, str]:
     if data.seeds.y is not None:
         return np.asarray(data.seeds.y, np.int64), "dataset labels (y in the seed file)"
-    return _labels(original, data.seeds.x), "the original model's predictions (the seeds have no labels)"
+    return top1_labels(original, data.seeds.x), "the original model's predictions (the seeds have no labels)"
 
 
 def _recipe(options: RepairOptions, compressed: bytes, path: Path) -> Recipe:
@@ -226,26 +226,15 @@ def _recipe(options: RepairOptions, compressed: bytes, path: Path) -> Recipe:
     return detect_recipe(compressed, str(path))
 
 
-def _repair_models(options: RepairOptions, data: CampaignData, sessions: _Sessions, repair_set: dataset.RepairSet,
+def _repair_models(options: RepairOptions, data: CampaignData, sessions: Sessions, repair_set: dataset.RepairSet,
                    recipe: Recipe, report: dict[str, Any], say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Fine-tune and re-compress; return ``{"compressed"|"recompressed"|"repaired": {"path", "content"}}``."""
     from host.repair import finetune
     from host.repair.tflite_export import convert, embed_metadata, extract_metadata
 
     preprocessing = sessions.compressed_spec.preprocessing
-    image_shape = tuple(int(d) for d in data.seeds.x.shape[1:])
-    classes = int(np.prod(sessions.original.output_specs[0].shape[1:]))
     seeds_norm = preprocessing.apply(data.seeds.x)
-    with finetune.quiet():
-        keras_model = finetune.load_keras_original(options.original_keras, image_shape, classes)  # type: ignore[arg-type]
-        keras_probs = finetune.predict(keras_model, seeds_norm)
-    agreement = float((keras_probs.argmax(1) == _labels(sessions.original, data.seeds.x)).mean())
-    report["keras_original"] = {"path": str(options.original_keras), "agreement_with_original_tflite": agreement}
-    if agreement < MIN_KERAS_AGREEMENT:
-        raise RepairError(f"{options.original_keras} gives the original model's label on only {agreement:.1%} of the "
-                          f"seeds (at least {MIN_KERAS_AGREEMENT:.0%} expected): it is not the original of "
-                          f"{data.config.original}, or it expects other preprocessing than "
-                          f"{preprocessing.to_dict()}")
+    keras_model, keras_probs = load_checked_keras(options.original_keras, data, sessions, report)  # type: ignore[arg-type]
     metadata = extract_metadata(sessions.compressed_spec.content)
     calibration = seeds_norm[:CALIBRATION_MAX]
 
@@ -277,7 +266,35 @@ def _repair_models(options: RepairOptions, data: CampaignData, sessions: _Sessio
     }
 
 
-def _measure(models: dict[str, dict[str, Any]], sessions: _Sessions, data: CampaignData,
+def load_checked_keras(path: Path, data: CampaignData, sessions: Sessions,
+                       report: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """Load the Keras original and check it is the campaign's original (its labels on the seeds).
+
+    Returns the model and its probabilities on the seeds; records the agreement in ``report["keras_original"]``.
+
+    Raises:
+        ModelError: the model cannot be loaded.
+        RepairError: it gives the original TFLite model's label on under :data:`MIN_KERAS_AGREEMENT` of the seeds.
+    """
+    from host.repair import finetune
+
+    preprocessing = sessions.compressed_spec.preprocessing
+    image_shape = tuple(int(d) for d in data.seeds.x.shape[1:])
+    classes = int(np.prod(sessions.original.output_specs[0].shape[1:]))
+    with finetune.quiet():
+        keras_model = finetune.load_keras_original(path, image_shape, classes)  # type: ignore[arg-type]
+        keras_probs = finetune.predict(keras_model, preprocessing.apply(data.seeds.x))
+    agreement = float((keras_probs.argmax(1) == top1_labels(sessions.original, data.seeds.x)).mean())
+    report["keras_original"] = {"path": str(path), "agreement_with_original_tflite": agreement}
+    if agreement < MIN_KERAS_AGREEMENT:
+        raise RepairError(f"{path} gives the original model's label on only {agreement:.1%} of the "
+                          f"seeds (at least {MIN_KERAS_AGREEMENT:.0%} expected): it is not the original of "
+                          f"{data.config.original}, or it expects other preprocessing than "
+                          f"{preprocessing.to_dict()}")
+    return keras_model, keras_probs
+
+
+def _measure(models: dict[str, dict[str, Any]], sessions: Sessions, data: CampaignData,
              repair_part: list[TriggeringInput], held_out: list[TriggeringInput],
              seed_labels: np.ndarray) -> dict[str, dict[str, Any]]:
     """Deviations from the original on both trigger parts, and seed accuracy, for each model."""
@@ -285,8 +302,8 @@ def _measure(models: dict[str, dict[str, Any]], sessions: _Sessions, data: Campa
         return np.asarray([t.image for t in part], np.uint8).reshape(-1, *data.seeds.x.shape[1:])
 
     images = {"held_out": stack(held_out), "repair": stack(repair_part)}
-    reference = {part: _labels(sessions.original, x) for part, x in images.items()}
-    reference_seeds = _labels(sessions.original, data.seeds.x)
+    reference = {part: top1_labels(sessions.original, x) for part, x in images.items()}
+    reference_seeds = top1_labels(sessions.original, data.seeds.x)
     config = data.config
     target = sessions.targets[config.target]
     results: dict[str, dict[str, Any]] = {}
@@ -299,10 +316,10 @@ def _measure(models: dict[str, dict[str, Any]], sessions: _Sessions, data: Campa
         try:
             row: dict[str, Any] = {"path": str(model["path"]), "bytes": len(model["content"]), "sha256": spec.sha256}
             for part, x in images.items():
-                labels = _labels(session, x)
+                labels = top1_labels(session, x)
                 row[f"{part}_deviations"] = int((labels != reference[part]).sum())
                 row[f"{part}_count"] = len(x)
-            seeds = _labels(session, data.seeds.x)
+            seeds = top1_labels(session, data.seeds.x)
             row["seed_accuracy"] = float((seeds == seed_labels).mean())
             row["seed_agreement_with_original"] = float((seeds == reference_seeds).mean())
         finally:

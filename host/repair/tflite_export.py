@@ -1,7 +1,9 @@
 """Keras -> TFLite export shared by ``scripts/make_fixtures.py`` and ``dflare repair``: one recipe, one place.
 
 :func:`convert` applies a compression recipe (``float32``, ``dynamic``, ``int8``, ``float16``) with
-``tf.lite.TFLiteConverter``; :func:`build_metadata` writes a tflite-support ``ModelMetadata`` flatbuffer
+``tf.lite.TFLiteConverter``; :class:`KeepFloatConverter` makes full-integer models with chosen layers
+kept in float (``dflare repair --keep-float``, through TFLite's QuantizationDebugger);
+:func:`build_metadata` writes a tflite-support ``ModelMetadata`` flatbuffer
 (identifier ``M001``) carrying the input normalization; :func:`embed_metadata` adds it to a model as the
 standard ``TFLITE_METADATA`` entry with 16-byte aligned buffers; :func:`extract_metadata` reads it back
 so a repaired model keeps the compressed model's metadata.
@@ -13,7 +15,7 @@ with ``make fixtures`` (the committed fixtures must stay byte-identical, tests/f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -81,6 +83,58 @@ def convert(model: Any, variant: str, calibration: np.ndarray, int8_io: str = "i
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     return bytes(converter.convert())
+
+
+class KeepFloatConverter:
+    """Full-integer conversions of one Keras model, some layers kept in float, through TFLite's QuantizationDebugger.
+
+    The model is calibrated once (``QuantizationDebugger(converter=...)``); each :meth:`convert`
+    re-quantizes that calibrated model with a deny-list (``QuantizationDebugOptions(denylisted_nodes,
+    denylisted_ops)``) and returns ``get_nondebug_quantized_model()``, so a conversion without a
+    deny-list (the control) and with one differ only in the kept layers.
+
+    Args:
+        model: a Keras model taking the normalized float image.
+        calibration: normalized float32 images (N, H, W, C), fed one at a time, in order.
+        int8_io: the model's input/output type: ``float32`` keeps float I/O; ``int8`` or ``uint8``
+            quantize them (``fully_quantize``; the debugger's quantizer gives int8 in both cases).
+
+    Raises:
+        ValueError: an unknown int8 I/O type, or the converter refuses the model.
+    """
+
+    def __init__(self, model: Any, calibration: np.ndarray, int8_io: str = "int8") -> None:
+        import tensorflow as tf
+
+        if int8_io not in INT8_IO_TYPES:
+            raise ValueError(f"unknown int8 I/O type {int8_io!r}; expected one of {', '.join(INT8_IO_TYPES)}")
+        self._options = tf.lite.experimental.QuantizationDebugOptions
+        self.fully_quantize = int8_io != "float32"
+
+        def dataset() -> Any:
+            return ([calibration[i : i + 1]] for i in range(len(calibration)))
+
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        self.debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=dataset,
+            debug_options=self._options(fully_quantize=self.fully_quantize))
+
+    @property
+    def calibrated_model(self) -> bytes:
+        """The float model with its calibration statistics: its op output names are the deny-list's node names."""
+        return bytes(self.debugger.calibrated_model)
+
+    def convert(self, nodes: Sequence[str] = (), ops: Sequence[str] = ()) -> bytes:
+        """The full-integer model with the ops writing ``nodes`` and every op of a type in ``ops`` in float.
+
+        Raises:
+            ValueError: the deny-list leaves nothing quantized (the debugger then refuses the model).
+        """
+        self.debugger.options = self._options(denylisted_nodes=list(nodes) or None, denylisted_ops=list(ops) or None,
+                                              fully_quantize=self.fully_quantize)
+        return bytes(self.debugger.get_nondebug_quantized_model())
 
 
 def build_metadata(name: str, variant: str, channels: int, size: int, mean: list[float], std: list[float]) -> bytes:

@@ -297,10 +297,10 @@ def test_the_rule_names_the_one_coarsened_layer(tmp_path: Path, weights: str, la
     _, doc = explain_directory(tmp_path / "out")
     assert {e["first_jump"]["layer"] if e["first_jump"] else None for e in doc["inputs"]} == {layer}
     assert doc["ranking"][0]["layer"] == layer
-    # The suggestion keeps that one layer in float, named as QuantizationDebugOptions takes it.
+    # The suggestion keeps that layer in float first, named as QuantizationDebugOptions takes it.
     suggestion = doc["suggestion"]
-    assert [e["layer"] for e in suggestion["layers"]] == [layer]
-    assert suggestion["denylisted_nodes"] == [doc["tensors"][suggestion["layers"][0]["match"]]["original"]["name"]]
+    assert suggestion["layers"][0]["layer"] == layer and suggestion["layers"][0]["carries"] == len(doc["inputs"])
+    assert suggestion["denylisted_nodes"][0] == doc["tensors"][suggestion["layers"][0]["match"]]["original"]["name"]
 
 
 def test_a_campaign_without_deviations_explains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -36,6 +36,8 @@ def test_summary_json_carries_the_explained_numbers(explained: tuple[Path, dict]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["explain"]["file"] == "explain.json" and summary["explain"]["inputs"] == len(doc["inputs"])
     assert summary["explain"]["ranking"] == doc["ranking"]
+    for row in doc["ranking"]:  # carries: the inputs where the layer is the first jump or among the most grown
+        assert max(row["first_jump"], row["most_grown"]) <= row["carries"] <= row["first_jump"] + row["most_grown"]
     assert summary["explain"]["suggestion"] == doc["suggestion"]
     entries = {e["input"]: e for e in doc["inputs"]}
     for item in summary["triggering_inputs"]:
@@ -89,29 +91,30 @@ def _graph(ops: list[str]) -> list[TensorInfo]:
     return [TensorInfo(k, f"t{k};extra", (1, 4), "float32", op, k - 1, k) for k, op in enumerate(ops)]
 
 
-def test_the_suggestion_keeps_the_often_blamed_layers_in_float() -> None:
+def _row(match: int, op: str, carries: int, first_jump: int = 0) -> dict:
+    return {"match": match, "layer": f"t{match}", "op": op, "first_jump": first_jump, "most_grown": carries,
+            "carries": carries}
+
+
+def test_the_suggestion_keeps_the_layers_that_carry_most_deviations_in_float() -> None:
     graph = _graph(["INPUT", "CONV_2D", "CONV_2D", "FULLY_CONNECTED", "SOFTMAX"])
-    ranking = [{"match": 0, "layer": "t0", "op": "INPUT", "first_jump": 9, "most_grown": 0},
-               {"match": 4, "layer": "t4", "op": "SOFTMAX", "first_jump": 5, "most_grown": 0},
-               {"match": 2, "layer": "t2", "op": "CONV_2D", "first_jump": 3, "most_grown": 0},
-               {"match": 1, "layer": "t1", "op": "CONV_2D", "first_jump": 1, "most_grown": 9}]
+    ranking = [_row(0, "INPUT", 12, 9), _row(4, "SOFTMAX", 8, 5), _row(1, "CONV_2D", 3, 3), _row(2, "CONV_2D", 11)]
     s = suggest(ranking, 12, graph, graph, "/c")
-    assert 3 >= MIN_SHARE * 12 > 1
-    assert [e["layer"] for e in s["layers"]] == ["t4", "t2"]  # the input is never suggested; t1 is under the share
-    assert s["denylisted_nodes"] == ["t4;extra", "t2;extra"]  # the full tensor names, as the converter has them
+    assert 8 >= MIN_SHARE * 12 > 3
+    assert [e["layer"] for e in s["layers"]] == ["t2", "t4"]  # most carried first; the input never; t1 under the share
+    assert s["denylisted_nodes"] == ["t2;extra", "t4;extra"]  # the full tensor names, as the converter has them
     assert s["denylisted_ops"] == ["SOFTMAX"]  # CONV_2D: one of the two is suggested, so only the node form
-    assert "denylisted_nodes=['t4;extra', 't2;extra']" in s["python"]
-    assert "--keep-float 't4,t2'" in s["command"] and "--campaign /c" in s["command"]
-    many = [{"match": k, "layer": f"t{k}", "op": "CONV_2D", "first_jump": 4, "most_grown": 0} for k in range(1, 5)]
+    assert "denylisted_nodes=['t2;extra', 't4;extra']" in s["python"]
+    assert "--keep-float 't2,t4'" in s["command"] and "--campaign /c" in s["command"]
+    many = [_row(k, "CONV_2D", 4) for k in range(1, 5)]
     assert len(suggest(many, 4, graph, graph)["layers"]) == MAX_LAYERS
 
 
 def test_no_suggestion_says_why() -> None:
     graph = _graph(["INPUT", "CONV_2D", "SOFTMAX"])
-    spread = [{"match": 2, "layer": "t2", "op": "SOFTMAX", "first_jump": 1, "most_grown": 3}]
-    s = suggest(spread, 10, graph, graph)
+    s = suggest([_row(2, "SOFTMAX", 1, 1)], 10, graph, graph)
     assert s["denylisted_nodes"] == [] and s["python"] == "" and "t2, carries 1 of 10" in s["why"]
-    assert "names no layer" in suggest([], 10, graph, graph)["why"]
+    assert "no layer carries" in suggest([], 10, graph, graph)["why"]
     assert suggest([], 0, graph, graph)["why"] == "no input explained"
 
 
