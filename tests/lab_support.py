@@ -170,3 +170,95 @@ def postgres_cluster() -> PostgresCluster:
         _CLUSTER = PostgresCluster()
         atexit.register(_CLUSTER.stop)
     return _CLUSTER
+
+
+# -- a Dask cluster of lab workers -------------------------------------------------------------------
+#: Seconds to wait for the scheduler and the workers (each imports numpy, the runtime and Dask: ~3-6 s
+#: on 2 shared cores, several starting at once).
+DASK_START_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaskCluster:
+    """A Dask scheduler and ``dflare lab worker`` processes on loopback, each worker playing a lab host.
+
+    Processes write their output to ``folder/NAME.log``; :meth:`stop` kills what is left.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import sys
+
+        pytest.importorskip("distributed", reason="the lab extra (Dask distributed) is not installed: "
+                                                  "pip install -e '.[lab]'")
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.python = sys.executable
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.scheduler = self._spawn("scheduler", [self.python, "-m", "distributed.cli.dask_scheduler", "--host",
+                                                   "127.0.0.1", "--port", str(self.port), "--no-dashboard"])
+        self._client = None
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        from tests.agent_support import ROOT
+
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the process's life
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+    def client(self):
+        from distributed import Client
+
+        if self._client is None:
+            self._client = Client(self.address, timeout=DASK_START_TIMEOUT_S, set_as_default=False)
+        return self._client
+
+    def start_worker(self, name: str, devices: list[str]) -> subprocess.Popen:
+        """Start ``dflare lab worker --name NAME --device D ...`` (does not wait: see :meth:`wait_for`)."""
+        command = [self.python, "-m", "host.cli", "lab", "worker", "--scheduler", self.address, "--name", name,
+                   "--host", "127.0.0.1", "--connect-timeout-s", str(DASK_START_TIMEOUT_S)]
+        for device in devices:
+            command += ["--device", device]
+        self.workers[name] = self._spawn(name, command)
+        return self.workers[name]
+
+    def wait_for(self, names: list[str]) -> None:
+        """Wait until the scheduler lists every named worker."""
+        import time
+
+        deadline = time.monotonic() + DASK_START_TIMEOUT_S
+        while True:
+            seen = {w.get("name") for w in self.client().scheduler_info(n_workers=-1)["workers"].values()}
+            if set(names) <= seen:
+                return
+            for name in names:
+                if self.workers[name].poll() is not None:
+                    raise AssertionError(f"worker {name} exited: {(self.folder / f'{name}.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers {sorted(set(names) - seen)} did not join {self.address}")
+            time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a worker process (a lab host losing power)."""
+        self.workers[name].kill()
+        self.workers[name].wait(10)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        for proc in [*self.workers.values(), self.scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers.values(), self.scheduler]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

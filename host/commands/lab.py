@@ -1,8 +1,9 @@
 """``dflare lab``: nightly runs over a lab of devices, and their trends and regressions.
 
-    dflare lab run LAB.toml [--baseline RUN] [--json]
+    dflare lab run LAB.toml [--baseline RUN] [--resume RUN] [--json]
     dflare lab report [LAB.toml] [--history URL] [--run RUN] [--baseline RUN] [--junit FILE] [--json]
     dflare lab golden LAB.toml [--target URI]
+    dflare lab worker --scheduler tcp://HOST:8786 --device NAME[=URI][,token_file=PATH] ... [--name N]
 
 ``run`` and ``report`` exit 1 when the run regressed against its baseline (by default the previous
 finished run of the same lab), so a CI system or cron wrapper can alert.
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run every combination of a lab file once")
     run.add_argument("config", type=Path, help="the lab file (lab.toml)")
     run.add_argument("--baseline", help="compare with this run id instead of the previous run")
+    run.add_argument("--resume", metavar="RUN", help="continue this run: its passed combinations are not redone")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -53,6 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     golden.add_argument("config", type=Path, help="the lab file; its [health] table names model and inputs")
     golden.add_argument("--target", default="local:", help="where to record them (default: local:)")
     golden.set_defaults(func=cmd_golden)
+
+    worker = sub.add_parser("worker", help="a Dask worker holding this host's devices (for [lab] executor)",
+                            description="Join the lab's Dask cluster and run the combinations of the devices attached "
+                            "to this host (docs/lab.md, 'A lab on several hosts').")
+    worker.add_argument("--scheduler", required=True, metavar="ADDRESS",
+                        help="the Dask scheduler, tcp://HOST:8786 (dask://HOST:8786 as in the lab file works too)")
+    worker.add_argument("--device", action="append", default=[], metavar="NAME[=URI][,token_file=PATH]",
+                        help="a device this host holds (repeat); without =URI the lab file's uri is used")
+    worker.add_argument("--name", help="the worker's name in the history (default: this host's name)")
+    worker.add_argument("--host", help="the address to listen on (default: the one facing the scheduler)")
+    worker.add_argument("--nthreads", type=int, help="combinations at once (default: one per device)")
+    worker.add_argument("--token-file", type=Path, help="agent token for devices without their own token_file "
+                        "(else $DFLARE_TOKEN)")
+    worker.add_argument("--tls-ca-file", type=Path, help="CA that verifies grpcs:// agents' certificates")
+    worker.add_argument("--tls-server-name", help="name expected in the agents' certificates")
+    worker.add_argument("--connect-timeout-s", type=float, default=10.0,
+                        help="wait this long for the scheduler (default: 10)")
+    worker.set_defaults(func=cmd_worker)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -69,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_lab_config(args.config)
     history = History(config.history)
     try:
-        result = LabRunner(config, history, on_event=_print_event).run()
+        resume = history.run(args.resume)["run_id"] if args.resume else None  # a unique prefix is enough
+        result = LabRunner(config, history, on_event=_print_event).run(resume)
         baseline = args.baseline or (history.previous_run(result.run_id) or {}).get("run_id")
         regressions = find_regressions(history, result.run_id, baseline, config.latency_ratio,
                                        config.latency_min_delta_ms) if baseline else []
@@ -198,4 +219,17 @@ def cmd_golden(args: argparse.Namespace) -> int:
     finally:
         target.close()
     print(f"recorded golden outputs of {config.health.model.name} on {args.target} in {path}")
+    return ExitCode.ok
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from host.lab.dask_worker import HeldDevice, serve_worker
+
+    scheduler = args.scheduler
+    if scheduler.startswith("dask://"):
+        scheduler = "tcp://" + scheduler[len("dask://"):]
+    devices = [HeldDevice.parse(text) for text in args.device]
+    serve_worker(scheduler, devices, name=args.name, host=args.host, nthreads=args.nthreads,
+                 token_file=args.token_file, tls_ca_file=args.tls_ca_file, tls_server_name=args.tls_server_name,
+                 connect_timeout_s=args.connect_timeout_s)
     return ExitCode.ok

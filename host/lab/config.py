@@ -54,6 +54,11 @@ DEFAULT_BACKOFF_S = 2.0
 DEFAULT_LATENCY_RATIO = 1.5
 #: Latency changes smaller than this are never regressions (timer and scheduler noise).
 DEFAULT_LATENCY_MIN_DELTA_MS = 0.05
+#: With a Dask executor: how long the lab host waits for some worker to advertise a device that has
+#: combinations left (none at the start, or its worker died) before it gives the device up. Long
+#: enough for a worker restarted by systemd or a device moved to another host; short enough that a
+#: nightly run does not hang on a host that is down.
+DEFAULT_WORKER_WAIT_S = 60.0
 #: Golden-output tolerance: max |expected - actual| over the probabilities. Catches a broken device
 #: or runtime, not the last-bit differences between CPU kernels on different ISAs.
 DEFAULT_HEALTH_ATOL = 1e-2
@@ -132,6 +137,8 @@ class LabConfig:
     health: HealthCheck | None = None
     latency_ratio: float = DEFAULT_LATENCY_RATIO
     latency_min_delta_ms: float = DEFAULT_LATENCY_MIN_DELTA_MS
+    executor: str | None = None  # None: this host's threads; "tcp://HOST:PORT": a Dask scheduler
+    worker_wait_s: float = DEFAULT_WORKER_WAIT_S
 
     def delegates_for(self, device: DeviceConfig) -> tuple[str, ...]:
         return device.delegates if device.delegates is not None else self.delegates
@@ -215,7 +222,8 @@ class _LabParser:
         self.keys(self.data, ("lab", "budget", "health", "regression", "device", "model"), "top level")
         lab = self.data.get("lab", {})
         self.keys(lab, ("name", "history", "out", "delegates", "reference_delegate", "max_parallel_devices",
-                        "retries", "backoff_s", "connect_timeout_s", "token_file", "tls_ca_file", "tls_server_name"),
+                        "retries", "backoff_s", "connect_timeout_s", "token_file", "tls_ca_file", "tls_server_name",
+                        "executor", "worker_wait_s"),
                   "[lab]")
         name = lab.get("name", self.path.stem)
         if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -226,7 +234,8 @@ class _LabParser:
         if "://" not in history:
             history = str(self.path_value(history, "[lab].history"))
         out = self.path_value(lab.get("out", f"{name}-runs"), "[lab].out")
-        devices = self.parse_devices()
+        executor = self.executor(lab.get("executor"))
+        devices = self.parse_devices(executor is not None)
         models = self.parse_models()
         reference = lab.get("reference_delegate", "cpu")
         return LabConfig(
@@ -248,10 +257,24 @@ class _LabParser:
             tls_server_name=self.text(lab, "tls_server_name", "[lab]"),
             budget=self.parse_budget(),
             health=self.parse_health(),
+            executor=executor,
+            worker_wait_s=self.number(lab, "worker_wait_s", "[lab]", DEFAULT_WORKER_WAIT_S, float, 0.1),
             **self.parse_regression(),
         )
 
-    def parse_devices(self) -> tuple[DeviceConfig, ...]:
+    def executor(self, value: Any) -> str | None:
+        """``[lab].executor``: absent or "local" for this host's threads, ``dask://HOST:PORT`` (or a Dask
+        address, ``tcp://`` / ``tls://``) for a Dask scheduler; returned as the scheduler's address."""
+        if value is None or value == "local":
+            return None
+        if isinstance(value, str):
+            for prefix, scheme in (("dask://", "tcp://"), ("tcp://", "tcp://"), ("tls://", "tls://")):
+                rest = value[len(prefix):] if value.startswith(prefix) else None
+                if rest and re.match(r"^[^:/\s]+:\d+$", rest):
+                    return scheme + rest
+        raise self.fail("[lab].executor", f'expected "local" or "dask://HOST:PORT" (a Dask scheduler), got {value!r}')
+
+    def parse_devices(self, executor: bool = False) -> tuple[DeviceConfig, ...]:
         raw = self.data.get("device", [])
         if not isinstance(raw, list) or not raw:
             raise self.fail("[[device]]", "list at least one device ([[device]] with name and uri or adb_serial)")
@@ -259,13 +282,22 @@ class _LabParser:
         for i, table in enumerate(raw):
             where = f"[[device]] #{i + 1}"
             self.keys(table, ("name", "uri", "adb_serial", "token_file", "delegates"), where)
-            if ("uri" in table) == ("adb_serial" in table):
+            if "uri" in table and "adb_serial" in table or not (executor or "uri" in table or "adb_serial" in table):
                 raise self.fail(where, "give exactly one of uri (local:, grpc://HOST:PORT) or adb_serial")
-            uri = table.get("uri") or f"adb://{table['adb_serial']}"
-            if not isinstance(uri, str) or not uri.startswith(("local", "grpc://", "grpcs://", "adb://")):
+            if "uri" not in table and "adb_serial" not in table:
+                # With an executor, the worker holding the device knows where it is (--device NAME=URI).
+                if "name" not in table:
+                    raise self.fail(where, "name the device (with an executor, its worker gives the uri)")
+                uri = ""
+            else:
+                uri = table.get("uri") or f"adb://{table['adb_serial']}"
+            if not isinstance(uri, str) or uri and not uri.startswith(("local", "grpc://", "grpcs://", "adb://")):
                 raise self.fail(where, f"uri must be local:, grpc://HOST:PORT, grpcs://HOST:PORT or adb://SERIAL, "
                                        f"got {uri!r}")
             name = table.get("name", uri)
+            if not isinstance(name, str) or not _NAME_RE.match(name) and executor:
+                raise self.fail(where, f"with an executor, device names are letters, digits, '.', '_' or '-' "
+                                       f"(they name Dask resources), got {name!r}")
             if not isinstance(name, str) or not name:
                 raise self.fail(where, f"name must be a non-empty string, got {name!r}")
             if any(d.name == name for d in devices):
