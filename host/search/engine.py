@@ -565,8 +565,9 @@ class Engine:
                              probs_o: np.ndarray, probs_c: np.ndarray) -> dict[int, int]:
         """Feed each speculative seed its rows up to its first deviation; return what each consumed.
 
-        Searchers of a class with ``observe_many`` (DFlare's, one numpy pass for the whole step) are
-        fed together, the others one by one; the verdicts are the same either way.
+        Speculative searchers of one class are fed together through the class's ``observe_many``
+        (the :class:`~host.search.searcher.Searcher` contract; DFlare's is one numpy pass for the
+        whole step); the verdicts are those each seed's own ``observe`` would give.
         """
         observed: dict[int, int] = {}
         groups: dict[type, list[int]] = {}
@@ -576,16 +577,9 @@ class Engine:
                 groups.setdefault(type(searcher), []).append(idx)
         for kind, members in groups.items():
             ends = {i: len(rows[i]) if firsts[i] is None else firsts[i] for i in members}
-            many = getattr(kind, "observe_many", None)
-            if many is not None:
-                results = many([by_index[i].searcher for i in members], [rows[i][: ends[i]] for i in members],
-                               probs_o, probs_c, [(spans[i][0], spans[i][0] + ends[i]) for i in members])
-                observed.update(zip(members, results))
-                continue
-            for i in members:
-                lo, end = spans[i][0], ends[i]
-                observed[i] = by_index[i].searcher.observe(rows[i][:end], probs_o[lo : lo + end],  # type: ignore
-                                                           probs_c[lo : lo + end])
+            results = kind.observe_many([by_index[i].searcher for i in members], [rows[i][: ends[i]] for i in members],
+                                        probs_o, probs_c, [(spans[i][0], spans[i][0] + ends[i]) for i in members])
+            observed.update(zip(members, results))
         return observed
 
     @staticmethod

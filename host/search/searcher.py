@@ -74,6 +74,14 @@ class Searcher(Protocol):
         """Outputs for (a prefix of) the proposed candidates, rows in the same order; return how many it consumed."""
         ...
 
+    @staticmethod
+    def observe_many(searchers: list[Searcher], candidate_lists: list[list[Candidate]], probs_original: np.ndarray,
+                     probs_compressed: np.ndarray, spans: list[tuple[int, int]]) -> list[int]:
+        """Speculative searchers only: ``observe`` for many seeds of this class at once, seed i's rows
+        being ``spans[i]`` of the probabilities; each seed's verdicts exactly those of its own
+        ``observe``. Returns the candidates each seed consumed."""
+        ...
+
     def end_step(self, also_consumed: int = 0) -> None:
         """The engine has fed back all it will this step (plus ``also_consumed`` candidates it consumed
         without feeding back: a confirmed deviation); drop unconsumed proposals."""
