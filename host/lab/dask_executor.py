@@ -65,6 +65,7 @@ class _Chain:
     recorded: str = ""  # the status last written to lab_devices
     holders: set[str] = field(default_factory=set)  # workers last seen advertising the device
     missing_since: float | None = None
+    stalled: bool = False  # its task was lost with the scheduler connection; resent if the client reconnects
 
 
 class DaskExecutor:
@@ -107,25 +108,27 @@ class DaskExecutor:
         self._chains = [_Chain(device, outcome, runner.todo(device))
                         for device, outcome in zip(runner.config.devices, outcomes)]
         self._finished: queue.Queue = queue.Queue()
+        self._lost_since: float | None = None
         try:
             for chain in self._chains:
                 self._submit_next(chain)
             self._collect(runner)
         finally:
-            running = [c.future for c in self._chains if c.future is not None and not c.future.done()]
-            if running:
-                self.client.cancel(running)
             try:
+                running = [c.future for c in self._chains if c.future is not None and not c.future.done()]
+                if running:
+                    self.client.cancel(running)
                 self.client.run(close_run, runner.run_id)
-            except Exception:  # noqa: BLE001 - a worker gone at the end changes nothing already stored
+                self.client.unsubscribe_topic(EVENT_TOPIC)
+            except Exception:  # noqa: BLE001 - a worker or the scheduler gone at the end: nothing stored changes
                 log.debug("closing run %s on the workers failed", runner.run_id, exc_info=True)
-            self.client.unsubscribe_topic(EVENT_TOPIC)
 
     def _submit_next(self, chain: _Chain) -> None:
         """Submit the chain's next combination (one at a time per device: the next goes when this one is back)."""
         chain.future = None
         if not chain.todo:
             return
+        self._check_scheduler()
         pair, delegate = chain.todo[0]
         task = ComboTask(self._runner.run_id, self._runner.config, chain.device, pair, delegate)
         chain.index += 1
@@ -153,9 +156,18 @@ class DaskExecutor:
                 chain = by_key.get(future.key)
                 if chain is None or chain.future is None or chain.future.key != future.key:
                     continue  # given up on (cancelled) already
+                if future.status != "finished" and self.client.status != "running":
+                    chain.stalled = True  # lost with the scheduler connection: not the combination's failure
+                    continue
                 self._store(runner, chain, future)
                 chain.todo.pop(0)
                 self._submit_next(chain)
+            self._check_scheduler()
+            if self.client.status == "running":
+                for chain in self._chains:
+                    if chain.stalled:  # the client reconnected (a restarted scheduler): send it again
+                        chain.stalled = False
+                        self._submit_next(chain)
             self._watch_devices(runner)
 
     def _store(self, runner: LabRunner, chain: _Chain, future: Any) -> None:
@@ -179,8 +191,23 @@ class DaskExecutor:
         waiting = [c for c in self._chains if c.future is not None]
         if not waiting:
             return
-        advertised = self._advertised()
         now = time.monotonic()
+        if self.client.status != "running":  # reconnecting: the cluster's state is unknown, judge no device
+            if self._lost_since is None:
+                self._lost_since = now
+            if now - self._lost_since >= runner.config.worker_wait_s:
+                raise self._lost(f"client {self.client.status}")
+            return
+        try:
+            advertised = self._advertised()
+        except Exception as exc:  # noqa: BLE001 - CommClosedError, OSError, a closed client: the scheduler is gone
+            self._check_scheduler()
+            if self._lost_since is None:
+                self._lost_since = now
+            if now - self._lost_since >= runner.config.worker_wait_s:
+                raise self._lost(f"{type(exc).__name__}: {exc}") from None
+            return
+        self._lost_since = None
         for chain in waiting:
             holders = advertised.get(chain.device.name)
             if holders:
@@ -220,6 +247,18 @@ class DaskExecutor:
         runner.record_device(row, chain.outcome, gone)
         chain.recorded = "failed"
         runner.on_event(LabEvent("device_failed", name, message=why))
+
+    def _check_scheduler(self) -> None:
+        """Raise :class:`SchedulerUnreachableError` when the client gave up on the scheduler."""
+        if self.client.status in ("closing", "closed"):
+            raise self._lost("the client could not reconnect") from None
+
+    def _lost(self, why: str) -> SchedulerUnreachableError:
+        run_id = self._runner.run_id
+        return SchedulerUnreachableError(
+            f"Dask scheduler {self.address}",
+            f"lost during run {run_id} ({why}); what finished is in the history: continue with "
+            f"`dflare lab run LAB.toml --resume {run_id}`")
 
     def _row_maker(self, runner: LabRunner, device: DeviceConfig) -> DeviceDriver:
         """A driver that only builds rows here (the lab host never connects to a worker's device)."""

@@ -191,3 +191,41 @@ def test_an_unreachable_scheduler_is_exit_code_3_naming_it(tmp_path, capsys):
     assert main(["lab", "worker", "--scheduler", "tcp://127.0.0.1:1", "--device", "a=local:",
                  "--connect-timeout-s", "1"]) == 3
     assert "Dask scheduler tcp://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_a_scheduler_lost_mid_run_is_exit_code_3_and_the_run_resumes_elsewhere(tmp_path, capsys, monkeypatch):
+    cluster = DaskCluster(tmp_path / "logs")
+    try:
+        cluster.start_worker("w1", ["a=local:"])
+        cluster.wait_for(["w1"])
+        path = write_lab(tmp_path / "lab.toml", [("a", "local:")], INT8, delegates=("xnnpack", "ref", "cpu"),
+                         seeds=SEEDS, max_queries=MAX_QUERIES)
+        path.write_text(path.read_text().replace("retries = 1", f'retries = 1\nworker_wait_s = 3\n'
+                                                 f'executor = "dask://127.0.0.1:{cluster.port}"'))
+        import host.commands.lab as lab_command
+
+        def print_event(event):
+            if event.kind == "combo_passed":  # the first combination is stored: the scheduler goes away
+                cluster.scheduler.kill()
+
+        monkeypatch.setattr(lab_command, "_print_event", print_event)
+        assert main(["lab", "run", str(path)]) == 3
+        err = capsys.readouterr().err
+        assert f"Dask scheduler {cluster.address}: lost during run" in err and "--resume" in err
+    finally:
+        cluster.stop()
+    history = History(str(tmp_path / "history.sqlite"))
+    (run,) = history.runs()
+    assert run["status"] == "interrupted"
+    done = history.combos(run["run_id"])
+    assert [c["status"] for c in done] == ["passed"]
+    history.close()
+    # Resumed without the executor (this host's threads): only the rest runs.
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("executor")))
+    assert main(["lab", "run", str(path), "--resume", run["run_id"]]) == 0
+    history = History(str(tmp_path / "history.sqlite"))
+    combos = history.combos(run["run_id"])
+    assert [c["status"] for c in combos] == ["passed"] * 3
+    assert [c for c in combos if c["delegate"] == done[0]["delegate"]] == done
+    assert history.run(run["run_id"])["status"] == "finished"
+    history.close()
