@@ -24,7 +24,7 @@ ModelMetadata flatbuffer, tflite-support's metadata_schema.fbs), written by hand
 tflite-support is not installable alongside current TensorFlow.
 
 The script is deterministic given ``--seed`` (same data split, weights and TFLite bytes on the
-same TensorFlow version). From ``host`` it imports only ``host.repair.tflite_export`` (the export
+same TensorFlow version). From ``host`` it imports only ``host.tflite.export`` (the export
 recipe ``dflare repair`` reuses; it needs nothing beyond numpy, TensorFlow and flatbuffers).
 """
 
@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing it (e.g.
     sys.path.insert(0, str(REPO))
 
 # The export recipe is shared with `dflare repair`, which re-compresses a fine-tuned model the same way.
-from host.repair.tflite_export import VARIANTS, build_metadata, convert, embed_metadata  # noqa: E402
+from host.tflite.export import VARIANTS, build_metadata, convert, embed_metadata  # noqa: E402
 
 FIXTURES_DIR = REPO / "tests" / "fixtures"
 

@@ -94,7 +94,7 @@ def _preprocessing(target: dict[str, Any], config: dict[str, Any], path: Path, c
         return Preprocessing((0.0,), (1.0 / float(config["scale"]),))
     if config.get("mean") is not None or config.get("std") is not None:
         return Preprocessing(tuple(config.get("mean") or (0.0,)), tuple(config.get("std") or (1.0,)))
-    from host.model_metadata import preprocessing_for
+    from host.tflite.metadata import preprocessing_for
 
     return preprocessing_for(path, content) or Preprocessing()
 

@@ -7,7 +7,7 @@ The lifecycle, once:
    full-integer (``int8``): QuantizationDebugger's deny-list applies to a calibrated conversion.
 2. Load the Keras original and check it is the campaign's original (``pipeline.load_checked_keras``).
 3. Calibrate once on the seeds (as ``dflare repair`` does: the training data is not at hand) through
-   ``tf.lite.experimental.QuantizationDebugger`` (``tflite_export.KeepFloatConverter``), resolve
+   ``tf.lite.experimental.QuantizationDebugger`` (``host.tflite.export.KeepFloatConverter``), resolve
    LAYERS against the calibrated model's op outputs (:func:`resolve_layers`), and convert twice:
    without a deny-list (the control: what re-calibration alone does) and with it.
 4. Measure each model on the campaign's compressed target: how many of the campaign's triggering
@@ -210,7 +210,7 @@ def run_keep_float(options: KeepFloatOptions, say: Callable[[str], None] | None 
     if not Path(options.original_keras).exists():  # type: ignore[arg-type]
         raise ModelError(f"original Keras model not found: {options.original_keras}")
     from host.repair import finetune
-    from host.repair.tflite_export import KeepFloatConverter, embed_metadata, extract_metadata
+    from host.tflite.export import KeepFloatConverter, embed_metadata, extract_metadata
 
     finetune.require_tensorflow()
     items = suggested_layers(options.campaign) if options.layers == (SUGGESTED,) else options.layers

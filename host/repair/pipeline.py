@@ -230,7 +230,7 @@ def _repair_models(options: RepairOptions, data: CampaignData, sessions: Session
                    recipe: Recipe, report: dict[str, Any], say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Fine-tune and re-compress; return ``{"compressed"|"recompressed"|"repaired": {"path", "content"}}``."""
     from host.repair import finetune
-    from host.repair.tflite_export import convert, embed_metadata, extract_metadata
+    from host.tflite.export import convert, embed_metadata, extract_metadata
 
     preprocessing = sessions.compressed_spec.preprocessing
     seeds_norm = preprocessing.apply(data.seeds.x)

@@ -17,7 +17,7 @@ import numpy as np
 
 from device_agent.runtime import load_runtime
 from host.errors import ModelError, RepairError
-from host.repair.tflite_export import INT8_IO_TYPES
+from host.tflite.export import INT8_IO_TYPES
 
 #: Recipes ``dflare repair --recipe`` accepts (``float32`` is no compression, so nothing to repair).
 RECIPES = ("int8", "dynamic", "float16")

@@ -59,7 +59,7 @@ def debugged() -> dict:
     from tensorflow.lite.python import convert
 
     from host.repair import finetune
-    from host.repair.tflite_export import KeepFloatConverter
+    from host.tflite.export import KeepFloatConverter
 
     preprocessing = ModelSpec.from_path(model("digits28", "float32")).preprocessing
     images = np.load(seeds("digits28"))["x"][:BATCH]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from host.cli import main as dflare
-from host.model_metadata import preprocessing_for
 from host.repair.recipe import detect_recipe
 from host.targets import LocalTarget, ModelSpec
+from host.tflite.metadata import preprocessing_for
 from tests.campaign_support import MODELS, model, seeds
 
 pytestmark = [

@@ -16,7 +16,7 @@ import pytest
 from device_agent import runtime
 from device_agent.errors import AgentInvalidRequestError
 from device_agent.worker import LoadSpec, Worker
-from host.model_metadata import preprocessing_for
+from host.tflite.metadata import preprocessing_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODELS = [FIXTURES / "models" / f"digits32rgb-{variant}.tflite" for variant in ("float32", "int8")]

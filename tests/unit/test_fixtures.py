@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from device_agent.runtime import ModelRunner, load_runtime
-from host.model_metadata import preprocessing_for
+from host.tflite.metadata import preprocessing_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MODELS = FIXTURES / "models"

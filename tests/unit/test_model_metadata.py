@@ -1,4 +1,4 @@
-"""host.model_metadata: normalization from embedded TFLite metadata, a sidecar, or nothing."""
+"""host.tflite.metadata: normalization from embedded TFLite metadata, a sidecar, or nothing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from device_agent.runtime import ModelRunner
 from host.errors import ModelError
-from host.model_metadata import METADATA_NAME, preprocessing_for, read_model_metadata
 from host.targets.base import ModelSpec
+from host.tflite.metadata import METADATA_NAME, preprocessing_for, read_model_metadata
 
 MODELS = Path(__file__).resolve().parent.parent / "fixtures" / "models"
 GRAY = MODELS / "digits28-float32.tflite"

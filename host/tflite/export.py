@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from host.model_metadata import METADATA_FILE_IDENTIFIER, METADATA_NAME
+from host.tflite.metadata import METADATA_FILE_IDENTIFIER, METADATA_NAME
 
 #: Compression recipes :func:`convert` knows (the fixture variants; ``float32`` is no compression).
 VARIANTS = ("float32", "dynamic", "int8", "float16")
