@@ -6,7 +6,6 @@ A DFlare campaign on digits28 float32 vs int8, ``dflare explain`` (the suggestio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,12 +18,12 @@ from device_agent.runtime import load_runtime
 from host.cli import main as dflare
 from host.repair.keep_float import op_outputs
 from tests.campaign_support import MODELS, model, seeds
+from tests.tensorflow_support import requires_tensorflow
 
 pytestmark = [
     pytest.mark.repair,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                       reason="TensorFlow is not installed: pip install dflare-edge[repair] (or '.[dev,repair]')"),
+    requires_tensorflow,
 ]
 
 #: 40 seeds at 400 queries trigger on nearly all of them (the pair's median is ~120 queries) in ~5 s.

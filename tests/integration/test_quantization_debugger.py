@@ -17,7 +17,6 @@ which is explain's ``rmse`` squared, averaged over the same images.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 
@@ -29,11 +28,11 @@ from host.explain.metrics import error_stats
 from host.explain.tensors import GraphRunner
 from host.targets.base import ModelSpec
 from tests.campaign_support import MODELS, model, seeds
+from tests.tensorflow_support import requires_tensorflow
 
 pytestmark = [
     pytest.mark.repair,
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                       reason="TensorFlow is not installed: pip install dflare-edge[repair] (or '.[dev,repair]')"),
+    requires_tensorflow,
 ]
 
 #: Images in the calibration and debug batch (the debugger runs them one at a time).

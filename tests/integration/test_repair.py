@@ -7,7 +7,6 @@ held-out triggering inputs than the campaign's int8 model, with seed accuracy wi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,12 +18,12 @@ from host.repair.recipe import detect_recipe
 from host.targets import LocalTarget, ModelSpec
 from host.tflite.metadata import preprocessing_for
 from tests.campaign_support import MODELS, model, seeds
+from tests.tensorflow_support import requires_tensorflow
 
 pytestmark = [
     pytest.mark.repair,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                       reason="TensorFlow is not installed: pip install dflare-edge[repair] (or '.[dev,repair]')"),
+    requires_tensorflow,
 ]
 
 #: Queries per seed: DFlare's median on this pair is ~120 (tests/fixtures/README.md), so 400 triggers
