@@ -102,14 +102,23 @@ class DaskExecutor:
         self._started: dict[str, str] = {}  # task key -> worker name, from the workers' combo_started events
         self._lock = threading.Lock()
         self.client.subscribe_topic(EVENT_TOPIC, self._on_event)
-        # broadcast: every worker gets a copy, so a dead worker never takes a model pair with it
-        self._scattered = {name: self.client.scatter([data], hash=False, broadcast=True)[0]
-                           for name, data in runner.models.items()}
         self._chains = [_Chain(device, outcome, runner.todo(device))
                         for device, outcome in zip(runner.config.devices, outcomes)]
         self._finished: queue.Queue = queue.Queue()
         self._lost_since: float | None = None
         try:
+            if not any(c.todo for c in self._chains):
+                return
+            try:  # scattering needs a worker to hold the data
+                self.client.wait_for_workers(1, timeout=runner.config.worker_wait_s)
+            except TimeoutError:
+                for chain in self._chains:
+                    if chain.todo:
+                        self._give_up(runner, chain)
+                return
+            # broadcast: every worker gets a copy, so a dead worker never takes a model pair with it
+            self._scattered = {name: self.client.scatter([data], hash=False, broadcast=True)[0]
+                               for name, data in runner.models.items()}
             for chain in self._chains:
                 self._submit_next(chain)
             self._collect(runner)
@@ -221,9 +230,9 @@ class DaskExecutor:
 
     def _give_up(self, runner: LabRunner, chain: _Chain) -> None:
         """Fail the combination that was running, skip the rest, mark the device failed."""
-        assert chain.future is not None
         future, chain.future = chain.future, None
-        self.client.cancel([future])
+        if future is not None:
+            self.client.cancel([future])
         name, wait_s = chain.device.name, runner.config.worker_wait_s
         worker = ", ".join(sorted(chain.holders)) or None
         if worker is not None:
@@ -234,7 +243,7 @@ class DaskExecutor:
                    f"start `dflare lab worker --scheduler {self.address} --device {name}=URI` on its host")
         driver = self._row_maker(runner, chain.device)
         with self._lock:
-            started = str(future.key) in self._started
+            started = future is not None and str(future.key) in self._started
         for k, (pair, delegate) in enumerate(chain.todo):
             if k == 0 and started:
                 runner.store(driver.failed(pair, delegate, f"{why}; it was running there", outcome=chain.last))

@@ -198,6 +198,17 @@ def test_a_scheduler_lost_mid_run_is_exit_code_3_and_the_run_resumes_elsewhere(t
     try:
         cluster.start_worker("w1", ["a=local:"])
         cluster.wait_for(["w1"])
+        # A device no worker advertises (a host that is down, a typo) is given up after worker_wait_s.
+        ghost = write_lab(tmp_path / "ghost.toml", [("ghost", "local:")], INT8, max_queries=0)
+        ghost.write_text(ghost.read_text().replace('uri = "local:"\n', "").replace(
+            "retries = 1", f'retries = 1\nworker_wait_s = 1\nhistory = "ghost.sqlite"\n'
+                           f'executor = "dask://127.0.0.1:{cluster.port}"').replace('history = "history.sqlite"\n', ""))
+        assert main(["lab", "run", str(ghost), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["counts"] == {"skipped": 1}
+        assert summary["devices"][0]["status"] == "failed"
+        assert "no worker of the Dask cluster" in summary["devices"][0]["error"]
+        assert "--device ghost=URI" in summary["devices"][0]["error"]
         path = write_lab(tmp_path / "lab.toml", [("a", "local:")], INT8, delegates=("xnnpack", "ref", "cpu"),
                          seeds=SEEDS, max_queries=MAX_QUERIES)
         path.write_text(path.read_text().replace("retries = 1", f'retries = 1\nworker_wait_s = 3\n'
