@@ -234,7 +234,8 @@ def serve_worker(scheduler: str, devices: list[HeldDevice], *, name: str | None 
     """Start a Dask worker holding ``devices`` and serve until SIGTERM/SIGINT or the scheduler goes away.
 
     Raises:
-        SchedulerUnreachableError: the scheduler does not answer within ``connect_timeout_s``.
+        SchedulerUnreachableError: the scheduler does not answer within ``connect_timeout_s``, or it went
+            away (for ``connect_timeout_s``) while serving.
         ConfigError: the lab extra is missing, or a device is given twice.
     """
     import_distributed()
@@ -265,14 +266,23 @@ async def _serve(scheduler: str, state: LabWorkerState, host: str | None, nthrea
                         resources={resource(d): 1 for d in state.devices}, death_timeout=connect_timeout_s)
         await worker
         loop = asyncio.get_running_loop()
+        stopped: list[int] = []
+
+        def stop(sig: int) -> None:
+            stopped.append(sig)
+            asyncio.ensure_future(worker.close(reason="signal"))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.close(reason="signal")))
+            loop.add_signal_handler(sig, stop, sig)
         print(f"dflare lab worker {state.name} at {worker.address} (scheduler {scheduler}): devices "
               + ", ".join(f"{d.name}={d.uri or '(lab file)'}" for d in state.devices.values()),
               file=sys.stderr, flush=True)
         if on_ready is not None:
             on_ready(worker)
         await worker.finished()
+        if not stopped:  # closed by Dask itself: the scheduler went away for longer than death_timeout
+            raise SchedulerUnreachableError(f"Dask scheduler {scheduler}",
+                                            f"lost; worker {state.name} stopped (a service manager restarts it)")
     finally:
         _STATES.pop(state.name, None)
         for run_id in list(state._runs):

@@ -223,6 +223,7 @@ def test_a_scheduler_lost_mid_run_is_exit_code_3_and_the_run_resumes_elsewhere(t
         assert main(["lab", "run", str(path)]) == 3
         err = capsys.readouterr().err
         assert f"Dask scheduler {cluster.address}: lost during run" in err and "--resume" in err
+        assert cluster.workers["w1"].wait(30) == 3  # the worker stops too, exit 3 (a service manager restarts it)
     finally:
         cluster.stop()
     history = History(str(tmp_path / "history.sqlite"))
