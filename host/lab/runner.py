@@ -27,6 +27,7 @@ the budget allows queries.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import io
@@ -450,31 +451,44 @@ class LabRunner:
             SchedulerUnreachableError: the lab's Dask scheduler does not answer (before any device work).
         """
         self._load_models()
-        executor = None
-        if self.config.executor:
-            from host.lab.dask_executor import DaskExecutor
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if self.config.executor:
+                from host.lab.dask_executor import DaskExecutor
 
-            executor = DaskExecutor(self.config.executor, self.config.connect_timeout_s)  # connects first
-        self.run_id = run_id or new_run_id()
-        self.history.start_run(self.run_id, self.config.name, _now(), __version__, self.config.to_dict())
-        self.done = self.history.passed_combos(self.run_id)
-        with self._rows_lock:
-            self._rows = [c for c in self.history.combos(self.run_id) if _combo_key(c) in self.done]
-        devices = [DeviceOutcome(d.name, d.uri) for d in self.config.devices]
-        status = "finished"
-        try:
-            if executor is not None:
-                with executor:
+                executor = stack.enter_context(DaskExecutor(self.config.executor, self.config.connect_timeout_s))
+            self.run_id = run_id or new_run_id()
+            self.history.start_run(self.run_id, self.config.name, _now(), __version__, self.config.to_dict())
+            self.done = self.history.passed_combos(self.run_id)
+            with self._rows_lock:
+                self._rows = [c for c in self.history.combos(self.run_id) if _combo_key(c) in self.done]
+            devices = self._outcomes()
+            status = "finished"
+            try:
+                if executor is not None:
                     executor.run(self, devices)
-            else:
-                self._run_threads(devices)
-        except BaseException:
-            status = "interrupted"
-            raise
-        finally:
-            self.history.finish_run(self.run_id, _now(), status)
+                else:
+                    self._run_threads(devices)
+            except BaseException:
+                status = "interrupted"
+                raise
+            finally:
+                self.history.finish_run(self.run_id, _now(), status)
         return LabRun(self.run_id, self.config.name, devices, sorted(self._rows, key=_combo_key),
                       self.config.out / self.run_id)
+
+    def _outcomes(self) -> list[DeviceOutcome]:
+        """The devices' outcomes to fill in; a resumed run starts from what its history says."""
+        stored = {d["device"]: d for d in self.history.devices(self.run_id)}
+        out = []
+        for device in self.config.devices:
+            row = stored.get(device.name)
+            outcome = DeviceOutcome(device.name, device.uri)
+            if row is not None:
+                outcome.status, outcome.error = row["status"] or "pending", row["error"] or ""
+                outcome.info = json.loads(row["info_json"] or "{}")
+            out.append(outcome)
+        return out
 
     def todo(self, device: DeviceConfig) -> list[tuple[ModelPair, str]]:
         """The device's combinations, in order, less those this run already passed."""

@@ -77,6 +77,7 @@ def test_a_resumed_local_run_redoes_only_what_did_not_pass(tmp_path):
     opened.extend(["x"] * 3)  # b answers now
     second = LabRunner(cfg, history, open_target=open_target, sleep=lambda s: None).run(first.run_id)
     assert second.run_id == first.run_id and second.counts() == {"passed": 4}
+    assert {d.name: d.status for d in second.devices} == {"a": "ok", "b": "ok"}  # a's from the history
     assert opened[3:] == ["grpc://gone:1"]  # a was not connected again: nothing of it was redone
     again = {(c["device"], c["delegate"]): c["seconds"] for c in history.combos(first.run_id)}
     assert all(again[k] == v for k, v in passed.items())
