@@ -12,7 +12,7 @@ line saying so, when the folder is missing) and the fixture pairs (``<model>/<va
 * ``dflare`` (the default) and ``dflare-faithful`` (the original code, bugs included);
 * ``faithful +X``: the original with one departure X switched on (``host.search.dflare.DEPARTURES``);
 * ``dflare -X`` (or ``+X`` for one the default leaves out): the default with X switched back;
-* ``dflare-no-mh`` and ``dflare-no-novelty``, the paper's ablations.
+* ``dflare-no-mh``, the paper's ablation of MH (``dflare -drop_novelty`` is its novelty fitness).
 
 Per pair and variant, pooled over the rng seeds: success (triggered / searched seeds), candidates
 per trigger (mean, median, p90, max; a candidate is one image tried on both models, the unit of the
@@ -60,7 +60,6 @@ def variants(ablations: bool = True) -> dict[str, DFlareConfig]:
         on = name in DEFAULT.departures()
         out[f"dflare {'-' if on else '+'}{name}"] = DEFAULT.with_departure(name, not on)
     out["dflare-no-mh"] = replace(DEFAULT, use_mh=False)
-    out["dflare-no-novelty"] = replace(DEFAULT, use_novelty=False)
     return out
 
 

@@ -61,7 +61,7 @@ from host.targets import LocalTarget, ModelSpec  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 #: The algorithms compared, in table order (host.search.ALGORITHMS names).
-ALGOS = ("dflare", "dflare-faithful", "diffchaser", "diffchaser-pixel", "random", "dflare-no-mh", "dflare-no-novelty")
+ALGOS = ("dflare", "dflare-faithful", "diffchaser", "diffchaser-pixel", "random", "dflare-no-mh", "dflare-novelty")
 #: The two DiffChaser variants DFlare's queries are compared with.
 CHASERS = ("diffchaser", "diffchaser-pixel")
 #: Goals from issue 5.

@@ -28,12 +28,18 @@ ALGORITHMS: tuple[str, ...] = (
     "dflare",  # the corrected algorithm (DESIGN.md section 3)
     "dflare-faithful",  # the original code's behaviour, bugs included
     "dflare-no-mh",  # ablation: uniform operator choice
-    "dflare-no-novelty",  # ablation: output difference only
+    "dflare-novelty",  # the default with the paper's novelty term in the fitness (a TensorFuzz corpus)
     "diffchaser",  # the genetic-algorithm baseline, with DFlare's operators and output-difference fitness
     "diffchaser-pixel",  # the same GA with the paper's pixel-level mutation and uncertainty fitness
     "random",  # random operator, always accept
 )
 
+
+#: Each algorithm's revision: bumped whenever its results for the same settings, models and seeds
+#: change, so a campaign an earlier version started refuses to resume (``host.store`` names the
+#: change) instead of mixing two searches' results. 2 for ``dflare``: the default dropped the novelty
+#: term (docs/architecture.md).
+SEARCH_REVISIONS: dict[str, int] = {**{name: 1 for name in ALGORITHMS}, "dflare": 2}
 
 #: Options :func:`searcher_factory` (and so :func:`run`) accept beyond the algorithm's name.
 ALGO_OPTIONS: tuple[str, ...] = ("population_size", "mutation_rate")
@@ -59,7 +65,7 @@ def searcher_factory(algo: str, **options) -> SearcherFactory:
         "dflare": DEFAULT,
         "dflare-faithful": ORIGINAL,
         "dflare-no-mh": replace(DEFAULT, use_mh=False),
-        "dflare-no-novelty": replace(DEFAULT, use_novelty=False),
+        "dflare-novelty": DEFAULT.with_departure("drop_novelty", False),
     }
     if algo in configs:
         return partial(_dflare, config=configs[algo])

@@ -121,7 +121,7 @@ def test_original_difference_rule_also_keeps_decreases():
 
 
 def test_margin_rule_keeps_a_mutant_closer_to_a_label_change_with_a_relative_step():
-    config = DFlareConfig(use_novelty=False, stall_patience=None)
+    config = DFlareConfig(drop_novelty=True, stall_patience=None)
     far = Best(diff=0.0, margin=0.5)
     assert _kept(config, far, [0.0] * 3, margins=[0.4985, 0.4995, 0.6])[0].tolist() == [True, False, False]
     near = Best(diff=0.0, margin=0.002)  # below 1e-2 the step is a tenth of the margin
@@ -130,7 +130,7 @@ def test_margin_rule_keeps_a_mutant_closer_to_a_label_change_with_a_relative_ste
 
 
 def test_stall_rule_keeps_the_candidate_after_patience_rejections():
-    config = DFlareConfig(use_novelty=False, stall_patience=5)
+    config = DFlareConfig(drop_novelty=True, stall_patience=5)
     best = Best(diff=0.0, margin=0.5)
     kept, by_stall = _kept(config, best, [0.0] * 4, rejected=2)  # rows see 2, 3, 4, 5 rejections before them
     assert kept.tolist() == [False, False, False, True] and by_stall.tolist() == [False, False, False, True]
@@ -220,7 +220,7 @@ def _feed(searcher: DFlareSearcher, po: list[float], pc: list[float]):
 
 
 def test_searcher_keeps_a_mutant_only_when_fitness_improves():
-    config = DFlareConfig(margin_fitness=False, stall_patience=None)
+    config = DFlareConfig(margin_fitness=False, stall_patience=None, drop_novelty=False)
     searcher = DFlareSearcher(_seed(), np.random.default_rng(0), config)
     assert searcher.best == Best(0.0, pytest.approx(0.8))
     rejected = _feed(searcher, [0.8995, 0.1005], [0.9, 0.1])  # diff 5e-4: too small, not novel
@@ -235,14 +235,24 @@ def test_searcher_keeps_a_mutant_only_when_fitness_improves():
     assert searcher.corpus is not None and searcher.corpus.size == 2
 
 
+def test_the_default_keeps_no_novelty_corpus_and_no_merely_novel_mutant():
+    config = replace(DEFAULT, margin_fitness=False, stall_patience=None)
+    assert config.drop_novelty and "drop_novelty" in DEFAULT.departures()
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), config)
+    kept = _feed(searcher, [0.9, 0.1], [0.88, 0.12])  # diff grew to 0.02
+    _feed(searcher, [0.2, 0.8], [0.18, 0.82])  # the same diff, far away: novel, but novelty is no fitness here
+    assert searcher.trace == kept.full_trace and searcher.accepted == 1 and searcher.corpus is None
+    assert searcher.stats()["corpus_size"] == 0
+
+
 def test_searcher_keeps_a_mutant_whose_margin_shrank():
-    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(drop_novelty=True))
     _feed(searcher, [0.85, 0.15], [0.85, 0.15])  # the difference stays 0; the margin falls 0.8 -> 0.7
     assert searcher.accepted == 1 and searcher.best.margin == pytest.approx(0.7)
 
 
 def test_searcher_escapes_a_plateau_after_the_stall_patience():
-    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False, stall_patience=3))
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(drop_novelty=True, stall_patience=3))
     for _ in range(3):
         _feed(searcher, [0.9, 0.1], [0.9, 0.1])  # nothing moves: rejected
     assert searcher.accepted == 0 and searcher.rejected_in_a_row == 3
@@ -252,7 +262,7 @@ def test_searcher_escapes_a_plateau_after_the_stall_patience():
 
 
 def test_no_novelty_ablation_ignores_novel_vectors():
-    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(use_novelty=False, margin_fitness=False))
+    searcher = DFlareSearcher(_seed(), np.random.default_rng(0), DFlareConfig(drop_novelty=True, margin_fitness=False))
     _feed(searcher, [0.2, 0.8], [0.2, 0.8])
     assert searcher.accepted == 0 and searcher.corpus is None
 
@@ -260,13 +270,13 @@ def test_no_novelty_ablation_ignores_novel_vectors():
 def test_faithful_searcher_starts_from_zero_difference_and_accepts_decreases():
     seed = SeedContext(0, np.full((8, 8, 1), 100, np.uint8), 0, np.array([0.9, 0.1], np.float32),
                        np.array([0.8, 0.2], np.float32))
-    searcher = DFlareSearcher(seed, np.random.default_rng(0), replace(ORIGINAL, use_novelty=False))
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), replace(ORIGINAL, drop_novelty=True))
     assert searcher.best.diff == 0.0 and not searcher.selector.rank_from_last
     _feed(searcher, [0.9, 0.1], [0.85, 0.15])
     assert searcher.accepted == 1
     _feed(searcher, [0.9, 0.1], [0.89, 0.11])  # |diff| fell from 0.05 to 0.01
     assert searcher.accepted == 2
-    corrected = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False))
+    corrected = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(drop_novelty=True))
     assert corrected.best.diff == pytest.approx(0.1)
 
 
@@ -311,7 +321,7 @@ def test_speculative_proposals_replay_the_one_at_a_time_algorithm_exactly(config
 
 def test_a_kept_candidate_cuts_off_the_pending_ones():
     seed = _seed()
-    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(use_novelty=False, margin_fitness=False))
+    searcher = DFlareSearcher(seed, np.random.default_rng(0), DFlareConfig(drop_novelty=True, margin_fitness=False))
     candidates = searcher.propose(4)
     assert searcher.proposal_open and len(candidates) == 4
     for c in candidates:
