@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from host.errors import ConfigError
 from host.records import canonical_json
-from host.search import ALGORITHMS
+from host.search import ALGORITHMS, SEARCH_REVISIONS
 from host.search.engine import DEFAULT_MAX_QUERIES, MIN_VERIFY_RUNS
 from host.search.engine import VERIFY_RUNS as DEFAULT_RERUNS
 from host.toml_file import read_toml, resolve_path, unknown_key_hint
@@ -189,6 +189,11 @@ class CampaignConfig:
         for name, default in LATER_FIELD_DEFAULTS.items():
             if identity.get(name) == default:
                 identity.pop(name, None)
+        # The algorithm's revision, from its first change on (revision 1 adds nothing, so a campaign
+        # of an unchanged algorithm resumes): an earlier version's results are not mixed with these.
+        revision = SEARCH_REVISIONS.get(self.algo, 1)
+        if revision > 1:
+            identity["search_revision"] = revision
         return identity
 
     def canonical_json(self) -> str:

@@ -4,7 +4,7 @@
 it yields a :class:`SeedResult` per seed.
 """
 
-from host.search.api import ALGORITHMS, run, searcher_factory
+from host.search.api import ALGORITHMS, SEARCH_REVISIONS, run, searcher_factory
 from host.search.engine import Budget, Engine, Event, EventKind, ExitReason
 from host.search.mutations import OPERATORS, replay
 from host.search.results import MutationStep, SeedResult, SeedStatus
@@ -12,6 +12,7 @@ from host.search.results import MutationStep, SeedResult, SeedStatus
 __all__ = [
     "ALGORITHMS",
     "OPERATORS",
+    "SEARCH_REVISIONS",
     "Budget",
     "Engine",
     "Event",

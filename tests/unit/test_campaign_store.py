@@ -125,6 +125,22 @@ def test_another_campaign_is_refused_with_what_changed(tmp_path: Path, kwargs: d
     assert "--force-new" in str(info.value)
 
 
+def test_a_campaign_of_an_earlier_search_revision_is_refused_not_mixed(tmp_path: Path) -> None:
+    from host.search import SEARCH_REVISIONS
+
+    assert config().identity()["search_revision"] == SEARCH_REVISIONS["dflare"] > 1
+    assert "search_revision" not in config(algo="random").identity()  # revision 1: identities as before
+    open_store(tmp_path).close()
+    store_path = tmp_path / STORE_NAME
+    conn = sqlite3.connect(store_path)  # as the version before the revision wrote it
+    earlier = {k: v for k, v in config().identity().items() if k != "search_revision"}
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'config_identity'", (json.dumps(earlier),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(CampaignError, match="search_revision changed from None to 2"):
+        open_store(tmp_path)
+
+
 def test_same_campaign_resumes_even_with_other_output_settings(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         store.record_requested([RequestedSeed(0, None, "a")])
