@@ -40,6 +40,8 @@ from host.search import Engine, searcher_factory  # noqa: E402
 GOAL_FACTOR = 2.0
 #: Batch-1 timing: each image is timed this many times (best-of, after a warm-up pass).
 FLOOR_REPEATS = 3
+#: Round trips timed (batch 1, median) to state what the agent's per-call latency alone costs.
+ROUND_TRIPS = 200
 PHASES = ("propose", "mutate", "infer", "observe", "verify")
 
 
@@ -59,6 +61,17 @@ def floor_per_candidate(pair) -> dict:
         best[role] = min(times)
     return {"original_s": best["original"], "compressed_s": best["compressed"],
             "floor_s": best["original"] + best["compressed"]}
+
+
+def round_trip_s(session, image: np.ndarray) -> float:
+    """Median seconds of one batch-1 ``infer`` through ``session`` (after a warm-up call)."""
+    session.infer(image[None])
+    times = []
+    for _ in range(ROUND_TRIPS):
+        start = time.perf_counter()
+        session.infer(image[None])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def campaign(original, compressed, pair, max_queries: int) -> dict:
@@ -91,9 +104,12 @@ def measure_pair(name: str, args: argparse.Namespace) -> dict:
     rounds = {"in process": [], "through the agent": []}
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         process = target = remote = None
+        rtt_s = None
         if not args.no_agent:
             process, target, remote = _agent_sessions(name, args.seeds, Path(tmp))
         try:
+            if remote is not None:
+                rtt_s = round_trip_s(remote.compressed, remote.seeds[0])
             for _ in range(args.repeat):
                 rounds["in process"].append(campaign(pair.original, pair.compressed, pair, args.max_queries))
                 if remote is not None:
@@ -104,7 +120,7 @@ def measure_pair(name: str, args: argparse.Namespace) -> dict:
                 target.close()
             if process is not None:
                 process.stop()
-    row = {"pair": name, "seeds": args.seeds, **floor, "modes": {}}
+    row = {"pair": name, "seeds": args.seeds, **floor, "modes": {}, "round_trip_s": rtt_s}
     for mode, runs in rounds.items():
         if not runs:
             continue
@@ -130,6 +146,13 @@ def print_row(row: dict) -> None:
     for mode, m in row["modes"].items():
         verdict = "met" if m["factor"] <= GOAL_FACTOR else "NOT met"
         print(f"{mode}: {m['factor']:.2f}x the floor (goal <= {GOAL_FACTOR:.0f}x: {verdict}).")
+    agent = row["modes"].get("through the agent")
+    if agent is not None and row.get("round_trip_s"):
+        # Each step waits for its batch: the calls are sequential, so their latency alone is a lower bound.
+        bound_s = agent["batch_calls"] * row["round_trip_s"] / agent["candidates"]
+        print(f"Through the agent, one Infer round trip (batch 1) takes {row['round_trip_s'] * us:.0f} us; the "
+              f"campaign's {agent['batch_calls']} sequential calls cost at least {bound_s * us:.1f} us per candidate, "
+              f"{bound_s / row['floor_s']:.2f}x the floor, before any inference or host work.")
 
 
 def main(argv: list[str] | None = None) -> int:
