@@ -5,7 +5,8 @@ names the table and key. Example (docs/lab.md has a longer one)::
 
     [lab]
     name = "nightly"
-    history = "lab-history.sqlite"   # a path (SQLite) or an SQLAlchemy URL: postgresql://lab@db/dflare
+    history = "lab-history.sqlite"   # a path (SQLite) or an SQLAlchemy URL: postgresql+psycopg://lab@db/dflare
+    # executor = "dask://lab1:8786"  # combinations on the dflare lab workers holding the devices
     delegates = ["cpu", "xnnpack"]
     max_parallel_devices = 4
     retries = 2
