@@ -64,7 +64,7 @@ class ModelSpec:
         except OSError as exc:
             raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
         if preprocessing is None:
-            from host.model_metadata import preprocessing_for
+            from host.tflite.metadata import preprocessing_for
 
             preprocessing = preprocessing_for(path, content) or Preprocessing()
         return cls(content, path.name, delegate, threads, preprocessing)
