@@ -193,6 +193,10 @@ class DaskExecutor:
         # "error" (the task raised, or KilledWorker), or "cancelled" by the scheduler
         exc = future.exception() if future.status == "error" else None
         why = _task_error(exc, chain.device.name) if exc is not None else f"the task was {future.status}"
+        gone = self._holders_gone(chain)
+        if gone is not None:  # the same words as when the device is given up, whichever the scheduler said first
+            why = f"worker {gone} holding device {chain.device.name} left the Dask cluster ({self.address}) while " \
+                  f"it ran ({why})"
         runner.store(self._row_maker(runner, chain.device).failed(pair, delegate, why, outcome=chain.last))
 
     def _watch_devices(self, runner: LabRunner) -> None:
@@ -268,6 +272,16 @@ class DaskExecutor:
             f"Dask scheduler {self.address}",
             f"lost during run {run_id} ({why}); what finished is in the history: continue with "
             f"`dflare lab run LAB.toml --resume {run_id}`")
+
+    def _holders_gone(self, chain: _Chain) -> str | None:
+        """The workers last seen holding the chain's device when none of them advertises it any more, else None."""
+        if not chain.holders:
+            return None
+        try:
+            now = self._advertised().get(chain.device.name, set())
+        except Exception:  # noqa: BLE001 - the scheduler is unreachable: _check_scheduler reports that
+            return None
+        return None if now & chain.holders else ", ".join(sorted(chain.holders))
 
     def _row_maker(self, runner: LabRunner, device: DeviceConfig) -> DeviceDriver:
         """A driver that only builds rows here (the lab host never connects to a worker's device)."""
