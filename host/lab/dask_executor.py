@@ -179,10 +179,29 @@ class DaskExecutor:
                         self._submit_next(chain)
             self._watch_devices(runner)
 
+    def _fetch(self, chain: _Chain, future: Any) -> TaskOutcome | None:
+        """A finished task's outcome, or None when it was lost with the worker holding it.
+
+        Dask keeps a result on the worker until the client fetches it: a worker killed in between
+        takes it along, and the scheduler runs the task again where the device's resource is. So
+        wait while a worker still advertises the device, and give up when none does.
+        """
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except TimeoutError:
+                self._check_scheduler()
+                if self._holders_gone(chain) is not None:
+                    self.client.cancel([future])
+                    return None
+            except Exception:  # noqa: BLE001 - the task ran again and failed: its status and exception say how
+                return None
+
     def _store(self, runner: LabRunner, chain: _Chain, future: Any) -> None:
         pair, delegate = chain.todo[0]
-        if future.status == "finished":
-            got: TaskOutcome = future.result()
+        fetched = future.status == "finished"
+        got: TaskOutcome | None = self._fetch(chain, future) if fetched else None
+        if got is not None:
             chain.last = got.device
             if chain.recorded != got.device.status:
                 runner.record_device(got.device_row, chain.outcome, got.device)
@@ -190,9 +209,14 @@ class DaskExecutor:
             runner.store(got.result)
             runner.on_event(_result_event(got))
             return
-        # "error" (the task raised, or KilledWorker), or "cancelled" by the scheduler
+        # "error" (the task raised, or KilledWorker), "cancelled" by the scheduler, or a result lost with its worker
         exc = future.exception() if future.status == "error" else None
-        why = _task_error(exc, chain.device.name) if exc is not None else f"the task was {future.status}"
+        if exc is not None:
+            why = _task_error(exc, chain.device.name)
+        elif fetched:
+            why = "its result was lost with it"
+        else:
+            why = f"the task was {future.status}"
         gone = self._holders_gone(chain)
         if gone is not None:  # the same words as when the device is given up, whichever the scheduler said first
             why = f"worker {gone} holding device {chain.device.name} left the Dask cluster ({self.address}) while " \

@@ -156,7 +156,8 @@ def test_sigkill_of_a_worker_mid_run(lab_cluster, tmp_path):
     # The other devices completed; c on w3, the survivor's own device on the survivor.
     for d in ("a", "b", "c"):
         if d != only_on_victim:
-            assert {r["status"] for r in by_device[d]} == {"passed"}, by_device[d]
+            assert {r["status"] for r in by_device[d]} == {"passed"}, \
+                [(r["model"], r["delegate"], r["status"], r["worker"], r["error"]) for r in by_device[d]]
     # m was on both: the combination running on the victim finished on the survivor, as did the rest.
     assert {r["status"] for r in by_device["m"]} == {"passed"}
     assert rows[("m", "digits28", "ref")]["worker"] == survivor
