@@ -37,6 +37,7 @@ from bench_pairs import load_pair, real_models_dir  # noqa: E402
 from bench_search import machine  # noqa: E402
 
 from host.search import Engine, searcher_factory  # noqa: E402
+from host.targets.latency import measure_session  # noqa: E402
 
 #: The issue's bar: a campaign within this factor of the floor.
 GOAL_FACTOR = 2.0
@@ -66,14 +67,9 @@ def floor_per_candidate(pair) -> dict:
 
 
 def round_trip_s(session, image: np.ndarray) -> float:
-    """Median seconds of one batch-1 ``infer`` through ``session`` (after a warm-up call)."""
-    session.infer(image[None])
-    times = []
-    for _ in range(ROUND_TRIPS):
-        start = time.perf_counter()
-        session.infer(image[None])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of one batch-1 ``infer`` through ``session``, on the host's clock (after warm-up)."""
+    _, _, host = measure_session(session, image[None], min_runs=ROUND_TRIPS)
+    return host.p50_ms / 1e3
 
 
 def campaign(original, compressed, pair, max_queries: int) -> dict:

@@ -45,11 +45,12 @@ The default, :data:`DEFAULT`, keeps those that win on third-party models (docs/b
     The best difference starts at the seed's own.
 ``drop_novelty``
     No novelty term: a mutant is kept on its difference, its margin or the stall rule only, and no
-    corpus is kept (the original's mode "c" fitness, here beside the margin). Measured alone on the
-    third-party pairs it is neutral (the margin already keeps what a novel vector would); on the
-    float16 fixtures the novelty term made the search wander off a descending margin: without it
-    every seed of digits32rgb/float16 triggers (300/300 against 297/300, 22% fewer candidates),
-    and each step scores no corpus (docs/benchmarks.md, "Real models").
+    corpus is kept (the original's mode "c" fitness, here beside the margin). Inside the default it
+    is neutral on the third-party pairs (the margin already keeps what a novel vector would; on the
+    original alone it is neutral to slightly worse); on the float16 fixtures the novelty term made
+    the search wander off a descending margin: without it every seed of digits32rgb/float16 triggers
+    (300/300 against 297/300, 22% fewer candidates), and each step scores no corpus
+    (docs/benchmarks.md, "Real models").
 ``strong_noise``
     Gaussian noise of variance 0.1 on the 0..1 scale (sigma ~ 80.6 grey levels), clipped; speckle
     clipped too.
