@@ -21,29 +21,33 @@ headers and gRPC framing included) and the share of the wall-clock spent on tran
 two ways: (link wall - loopback wall) / link wall, and wire bytes / rate / link wall.
 
 Everything the script made (agent, namespace, veth pair) is removed in a ``finally``, also on
-Ctrl-C or SIGTERM and when a run fails. It needs root and iproute2 (``ip``, ``tc``); without them
-it says so and exits with code 2. The 224x224x3 rows need TensorFlow (the ``repair`` extra) to
-build their model (the same small random-weight CNN as ``bench_mutations.py --search``); without
-it they are skipped with a message.
+Ctrl-C or SIGTERM and when a run fails; if that teardown stalls for 30 s after a signal, a watcher
+thread prints every thread's stack and does it by force (``TerminationGuard``). It needs root and
+iproute2 (``ip``, ``tc``); without them it says so and exits with code 2. The 224x224x3 rows need
+TensorFlow (the ``repair`` extra) to build their model (the same small random-weight CNN as
+``bench_mutations.py --search``); without it they are skipped with a message.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -83,6 +87,8 @@ RPC_TIMEOUT_S = 300.0
 LOOPBACK = "loopback"
 #: Seeds run once through every session before the first timed campaign (first-call costs).
 WARM_UP_IMAGES = 4
+#: After SIGTERM, the orderly teardown (agents stopped, link removed) gets this long before it is forced.
+FORCED_TEARDOWN_AFTER_S = 30.0
 
 class LinkError(Exception):
     """The rate-limited link could not be set up (no root, no iproute2, a command failed)."""
@@ -511,22 +517,76 @@ def conditions(args: argparse.Namespace) -> str:
             f"{args.repeat} alternating round(s).")
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so every ``finally`` runs."""
+class TerminationGuard:
+    """SIGTERM unwinds like Ctrl-C; if the unwinding stalls, a watcher thread tears down by force.
 
-    def handler(signum, frame):
+    The handler raises KeyboardInterrupt in the main thread, so every ``finally`` runs (the agents
+    stop, the link goes). The signal also wakes a watcher thread through ``signal.set_wakeup_fd``,
+    which the C-level handler writes even while the main thread is stuck (Ctrl-C wakes it too): if the
+    orderly path has not
+    finished within ``grace_s`` (a gRPC call or ``Channel.close`` that never returns, as grpc/grpc#19973
+    describes for interrupted calls), the watcher prints every thread's stack, kills what runs in the
+    namespace and the agents, removes the link and exits with 130.
+    """
+
+    def __init__(self, grace_s: float | None = None) -> None:
+        self.grace_s = FORCED_TEARDOWN_AFTER_S if grace_s is None else grace_s
+        self.link: Link | None = None
+        self.agents: list[AgentProcess] = []
+        self.finished = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous_fd: int | None = None
+        self._previous_handler = None
+
+    def __enter__(self) -> TerminationGuard:
+        try:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._raise_interrupt)
+            self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous_handler = None
+            return self
+        threading.Thread(target=self._watch, name="bench-link-teardown", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finished.set()
+        if self._previous_handler is not None:
+            signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
+            signal.signal(signal.SIGTERM, self._previous_handler)
+        self._writer.close()  # wakes the watcher, which sees ``finished`` and returns
+
+    @staticmethod
+    def _raise_interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _watch(self) -> None:
+        while not self.finished.is_set():
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:  # the guard was closed
+                return
+            if {signal.SIGTERM, signal.SIGINT} & set(data) and not self.finished.wait(self.grace_s):
+                self._force()
+
+    def _force(self) -> None:
+        print(f"bench_link: interrupted; the orderly teardown did not finish in {self.grace_s:g} s, forcing it. "
+              "Stacks of every thread:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        if self.link is not None:
+            pids = subprocess.run(["ip", "netns", "pids", self.link.netns], capture_output=True, text=True).stdout
+            for pid in pids.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for agent in self.agents:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGKILL)
+        if self.link is not None:
+            self.link.remove()
+        print("bench_link: interrupted; removing the link (forced)", file=sys.stderr, flush=True)
+        os._exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,13 +623,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")
     rows: list[dict] = []
     link = local_agent = link_agent = None
-    with _terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="bench-link-") as tmp:
+    with TerminationGuard() as guard, tempfile.TemporaryDirectory(prefix="bench-link-") as tmp:
         try:
-            link = Link.create()
+            link = guard.link = Link.create()
             print(f"Link: namespace {link.netns}, veth {link.host_dev} ({link.host_ip}) <-> {link.ns_dev} "
                   f"({link.ns_ip}/30).")
             local_agent = start_agent(Path(tmp) / "agent-loopback", "127.0.0.1")
+            guard.agents.append(local_agent)
             link_agent = start_agent(Path(tmp) / "agent-link", link.ns_ip, netns=link.netns)
+            guard.agents.append(link_agent)
             for size in sizes:
                 workload = (fixture_workload(args.seeds) if size == 32
                             else cnn_workload(size, args.seeds, Path(tmp)))

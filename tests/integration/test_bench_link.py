@@ -121,3 +121,49 @@ def test_sigterm_mid_run_removes_the_link():
     for pid in agent_pids:  # the agent (and its workers) went with the namespace
         assert not os.path.exists(f"/proc/{pid}")
 
+
+
+#: Runs bench_link.main with a teardown that never ends (every agent's stop() hangs) and a 2 s grace.
+_STALLING_DRIVER = """
+import sys, time
+sys.path.insert(0, {scripts!r})
+import bench_link
+from host.deploy.loopback import AgentProcess
+bench_link.FORCED_TEARDOWN_AFTER_S = 2.0
+AgentProcess.stop = lambda self, *args, **kwargs: time.sleep(3600)
+sys.exit(bench_link.main({argv!r}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_a_stalled_teardown_forces_it():
+    """When the orderly unwinding hangs (an interrupted gRPC call can leave Channel.close waiting), the
+    watcher thread kills what runs in the namespace, removes the link and exits with 130."""
+    argv = ["--sizes", "32", "--seeds", "20", "--rates", "10", "--max-queries", "5000", "--repeat", "3"]
+    driver = _STALLING_DRIVER.format(scripts=str(SCRIPTS), argv=argv)
+    process = subprocess.Popen([sys.executable, "-u", "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=str(SCRIPTS.parent))
+    try:
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            if line.startswith("Link:"):
+                break
+            assert time.monotonic() < deadline, "the script never reported its link"
+        netns = bench.link_names(process.pid)[0]
+        agent_pids: list[str] = []
+        while not agent_pids:
+            assert time.monotonic() < deadline and process.poll() is None, "no agent in the namespace"
+            agent_pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+            time.sleep(0.05)
+        process.terminate()
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "did not finish in 2 s, forcing it" in err
+    assert "Stacks of every thread" in err and "Thread" in err  # where it hung, for whoever reads the log
+    assert leftovers(process.pid) == []
+    for pid in agent_pids:
+        assert not os.path.exists(f"/proc/{pid}")
