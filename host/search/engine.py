@@ -28,7 +28,10 @@ budget reads that share, so it means "seconds spent on this seed" as in the sequ
 
 Every deviation is re-run ``verify_runs`` times on both sessions before it is reported: one that
 does not disagree on every re-run is kept as *flaky* (an event) and the seed's search goes on; a
-seed whose budget runs out after a flaky deviation ends with status ``flaky``.
+seed whose budget runs out after a flaky deviation ends with status ``flaky``. The re-runs travel
+with the next step's batch, in the same ``infer_many`` call per model (each batch its own
+interpreter invocation), so verifying costs an agent no round trip of its own; the seed proposes
+nothing while it waits, so its search is the same as if it had been judged at once.
 """
 
 from __future__ import annotations
@@ -171,6 +174,18 @@ def seed_rng(rng_seed: int, seed_index: int) -> np.random.Generator:
 
 
 @dataclass
+class _Suspect:
+    """A seed's first deviation of a step: re-run with the next step's batch, then judged."""
+
+    image: np.ndarray
+    candidate: Candidate
+    probs_original: np.ndarray  # the deviating row's outputs
+    probs_compressed: np.ndarray
+    candidates: list[Candidate]  # the step's candidates and their outputs: a batch algorithm observes
+    step_probs: tuple[np.ndarray, np.ndarray]  # them all when the deviation turns out flaky
+
+
+@dataclass
 class _SeedRun:
     """One seed's bookkeeping inside the engine."""
 
@@ -189,6 +204,7 @@ class _SeedRun:
     flaky: list[dict] = field(default_factory=list)
     first_flaky: tuple | None = None  # (image, trace, probs_o, probs_c, reproduced)
     known_probs: tuple[np.ndarray, np.ndarray] | None = None  # the seed's outputs, if the caller had them
+    suspect: _Suspect | None = None  # a deviation waiting for its re-runs (the seed proposes nothing meanwhile)
 
 
 class Engine:
@@ -321,21 +337,40 @@ class Engine:
         outputs change between calls; ``infer_many`` lets an agent take all of them in one stream
         (one round trip instead of ``runs``). Counted as verification queries, outside the budgets.
         """
+        pairs = self._infer_batches([images] * runs)
+        self.batch_calls += runs
+        self.total_verify_queries += QUERIES_PER_IMAGE * len(images) * runs
+        return pairs
+
+    def _evaluate_with_reruns(self, images: np.ndarray, suspects: np.ndarray
+                              ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`evaluate` of a step's batch and the re-runs of the last step's deviations, in one
+        ``infer_many`` per model: one round trip to an agent instead of two. Each batch is its own
+        interpreter invocation, as apart; the budgets count the step's batch only."""
+        cost = QUERIES_PER_IMAGE * len(images)
+        limit = self.budget.campaign_max_queries
+        if limit is not None and self.total_queries + self.total_speculative_queries + cost > limit:
+            self.exit_with(ExitReason.campaign_max_queries)
+        pairs = self._infer_batches([images] + [suspects] * self.verify_runs)
+        self.batch_calls += 1 + self.verify_runs
+        self.total_verify_queries += QUERIES_PER_IMAGE * len(suspects) * self.verify_runs
+        return pairs[0][0], pairs[0][1], pairs[1:]
+
+    def _infer_batches(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each batch through both models, one ``infer_many`` call per model; (original, compressed) per batch."""
         with self._phase("infer"):
             if self.original is self.compressed:
-                outs_o = outs_c = self.original.infer_many([images] * runs)
-            elif self._pool is None or images.size * runs < PARALLEL_INFER_MIN_VALUES:
-                outs_o, outs_c = self.original.infer_many([images] * runs), self.compressed.infer_many([images] * runs)
+                outs_o = outs_c = self.original.infer_many(batches)
+            elif self._pool is None or sum(b.size for b in batches) < PARALLEL_INFER_MIN_VALUES:
+                outs_o, outs_c = self.original.infer_many(batches), self.compressed.infer_many(batches)
             else:
-                future_o = self._pool.submit(self.original.infer_many, [images] * runs)
+                future_o = self._pool.submit(self.original.infer_many, batches)
                 try:
-                    outs_c = self.compressed.infer_many([images] * runs)
+                    outs_c = self.compressed.infer_many(batches)
                 except BaseException:
                     wait([future_o])
                     raise
                 outs_o = future_o.result()
-        self.batch_calls += runs
-        self.total_verify_queries += QUERIES_PER_IMAGE * len(images) * runs
         pairs = list(zip(outs_o, outs_c))
         for probs_o, probs_c in pairs:
             self._check_outputs(probs_o, probs_c)
@@ -407,6 +442,11 @@ class Engine:
                 except RunIsComplete:
                     reason = self.exit_reason or ExitReason.finished
                     done = {e.seed_index for e in events if e.final}
+                    waiting = [s for s in live if s.suspect is not None and s.index not in done]
+                    if waiting:  # deviations found before the stop are still judged (outside the budgets)
+                        reruns = self._rerun(np.stack([s.suspect.image for s in waiting]), self.verify_runs)
+                        self._settle(waiting, reruns, events)
+                        done = {e.seed_index for e in events if e.final}
                     for seed in live:
                         if seed.index not in done:
                             events.append(self._finish(seed, reason))
@@ -464,10 +504,11 @@ class Engine:
                 self._charge(seed, 1, 1)
                 self._start(seed, *seed.known_probs, events)
         initial = [seed for seed in live if seed.searcher is None and seed.known_probs is None]
+        waiting = [seed for seed in live if seed.suspect is not None]  # last step's deviations, to re-run
         with self._phase("propose"):
             rows = self._propose(live, events)
         by_index = {s.index: s for s in live}
-        owners: list[_SeedRun] = list(initial)
+        owners: list[_SeedRun] = initial + waiting
         batch_rows: list[np.ndarray] = [seed.image for seed in initial]
         with self._phase("mutate"):
             flat = [(idx, c) for idx, cands in rows.items() for c in cands]
@@ -482,11 +523,21 @@ class Engine:
                     candidate.image = image
                     owners.append(by_index[idx])
                     batch_rows.append(image)
+        suspect_images = np.stack([seed.suspect.image for seed in waiting]) if waiting else None  # type: ignore[union-attr]
         if not batch_rows:
+            if suspect_images is not None:  # only re-runs are left (the campaign's last deviations)
+                self._settle(waiting, self._rerun(suspect_images, self.verify_runs), events)
+                self._share_time(self.clock() - step_start, owners)
             return
         batch = np.stack(batch_rows)
         self.steps += 1
-        probs_o, probs_c = self.evaluate(batch)
+        if suspect_images is None:
+            probs_o, probs_c = self.evaluate(batch)
+            reruns = []
+        else:
+            probs_o, probs_c, reruns = self._evaluate_with_reruns(batch, suspect_images)
+        if waiting:
+            self._settle(waiting, reruns, events)
         for row, seed in enumerate(initial):
             self._charge(seed, 1, 1)
             self._start(seed, probs_o[row], probs_c[row], events)
@@ -497,22 +548,20 @@ class Engine:
             row += len(cands)
         deviates = deviation.deviates(probs_o, probs_c, self.ignore_ties)
         with self._phase("observe"):
-            suspects = self._feed_back(by_index, rows, spans, probs_o, probs_c, deviates)
-        confirmed = self._verify(suspects, batch, probs_o, probs_c, rows, spans, events)
-        with self._phase("observe"):
-            for seed, r in suspects:
-                if seed.index not in confirmed:
-                    self._observe_flaky(seed, rows[seed.index], spans[seed.index], r, probs_o, probs_c)
+            for seed, r in self._feed_back(by_index, rows, spans, probs_o, probs_c, deviates):
+                lo, hi = spans[seed.index]
+                seed.suspect = _Suspect(batch[r], rows[seed.index][r - lo], probs_o[r], probs_c[r], rows[seed.index],
+                                        (probs_o[lo:hi], probs_c[lo:hi]))
         self._share_time(self.clock() - step_start, owners)
         for idx, (lo, hi) in spans.items():
-            if hi == lo and idx not in confirmed:  # nothing affordable was left
+            if hi == lo:  # nothing affordable was left
                 events.append(self._finish(by_index[idx], ExitReason.max_queries))
 
     def _propose(self, live: list[_SeedRun], events: list[Event]) -> dict[int, list[Candidate]]:
         """Each searching seed's candidates for this step (seeds out of budget are finished)."""
         rows: dict[int, list[Candidate]] = {}
         for seed in live:
-            if seed.searcher is None:
+            if seed.searcher is None or seed.suspect is not None:
                 continue
             reason = self._seed_budget_spent(seed)
             if reason is not None:
@@ -583,17 +632,15 @@ class Engine:
         return observed
 
     @staticmethod
-    def _observe_flaky(seed: _SeedRun, cands: list[Candidate], span: tuple[int, int], r: int,
-                       probs_o: np.ndarray, probs_c: np.ndarray) -> None:
+    def _observe_flaky(seed: _SeedRun, suspect: _Suspect) -> None:
         """A deviation that did not reproduce is an ordinary candidate for the algorithm."""
         searcher = seed.searcher
         assert searcher is not None
-        lo, hi = span
         if searcher.speculative:
-            searcher.observe([cands[r - lo]], probs_o[r : r + 1], probs_c[r : r + 1])
+            searcher.observe([suspect.candidate], suspect.probs_original[None], suspect.probs_compressed[None])
             searcher.end_step()
         else:
-            searcher.observe(cands, probs_o[lo:hi], probs_c[lo:hi])
+            searcher.observe(suspect.candidates, *suspect.step_probs)
 
     def _affordable(self, seed: _SeedRun) -> int:
         if self.budget.max_queries is None:
@@ -641,38 +688,35 @@ class Engine:
         seed.context = SeedContext(seed.index, seed.image, label_o, probs_o, probs_c)
         seed.searcher = self.make_searcher(seed.context, seed.rng)
 
-    def _verify(self, suspects: list[tuple[_SeedRun, int]], batch: np.ndarray, probs_o: np.ndarray,
-                probs_c: np.ndarray, rows: dict[int, list[Candidate]], spans: dict[int, tuple[int, int]],
-                events: list[Event]) -> set[int]:
-        """Re-run each seed's first deviation; return the indices of seeds whose deviation reproduced."""
-        if not suspects:
-            return set()
-        images = batch[[r for _, r in suspects]]
-        reproduced = np.zeros(len(suspects), dtype=np.int64)
+    def _settle(self, waiting: list[_SeedRun], reruns: list[tuple[np.ndarray, np.ndarray]],
+                events: list[Event]) -> None:
+        """Judge each waiting seed's deviation by its re-runs (row i of each run is seed i's image):
+        one that deviated on every run finishes its seed; any other is flaky and the search goes on."""
+        reproduced = np.zeros(len(waiting), dtype=np.int64)
         with self._phase("verify"):
-            for again_o, again_c in self._rerun(images, self.verify_runs):
+            for again_o, again_c in reruns:
                 reproduced += deviation.deviates(again_o, again_c, self.ignore_ties)
-        for seed, _ in suspects:
+        for seed, count in zip(waiting, reproduced):
+            suspect = seed.suspect
+            assert suspect is not None
+            seed.suspect = None
             seed.verify_queries += QUERIES_PER_IMAGE * self.verify_runs
-        confirmed: set[int] = set()
-        for (seed, r), count in zip(suspects, reproduced):
-            lo = spans[seed.index][0]
-            candidate = rows[seed.index][r - lo]
-            trace = candidate.full_trace
-            found = (batch[r], trace, probs_o[r], probs_c[r], int(count))
+            found = (suspect.image, suspect.candidate.full_trace, suspect.probs_original, suspect.probs_compressed,
+                     int(count))
             if count == self.verify_runs:
-                confirmed.add(seed.index)
                 if seed.searcher is not None and seed.searcher.speculative:
                     seed.searcher.end_step(also_consumed=1)
                 events.append(self._finish(seed, ExitReason.triggered, found))
-            else:
-                detail = {"queries": seed.queries, "reproduced": int(count), "verify_runs": self.verify_runs,
-                          "label_original": int(np.argmax(probs_o[r])), "label_compressed": int(np.argmax(probs_c[r]))}
-                seed.flaky.append(detail)
-                if seed.first_flaky is None:
-                    seed.first_flaky = found
-                events.append(Event(EventKind.flaky, seed.index, None, detail))
-        return confirmed
+                continue
+            detail = {"queries": seed.queries, "reproduced": int(count), "verify_runs": self.verify_runs,
+                      "label_original": int(np.argmax(suspect.probs_original)),
+                      "label_compressed": int(np.argmax(suspect.probs_compressed))}
+            seed.flaky.append(detail)
+            if seed.first_flaky is None:
+                seed.first_flaky = found
+            events.append(Event(EventKind.flaky, seed.index, None, detail))
+            with self._phase("observe"):
+                self._observe_flaky(seed, suspect)
 
     # -- finishing a seed: the one place results are built ---------------------------------
     def _result(self, seed: _SeedRun, status: SeedStatus, reason: ExitReason, label: int) -> SeedResult:

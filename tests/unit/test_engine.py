@@ -341,3 +341,67 @@ def test_seed_outputs_given_by_the_caller_are_not_run_again_and_change_nothing_e
     assert sum(original.batches) == sum(rerun.batches) - len(seeds)  # one image fewer per seed: the check
     with pytest.raises(SeedError, match="seed probabilities for 5 and 6 seeds"):
         list(run(original, compressed, seeds, budget=200, seed_probs=(given[0][:5], given[1])))
+
+
+class CallCounting(LinearSession):
+    """Records each call as an agent would see it: one ``infer`` or one ``infer_many`` is one round trip."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        super().__init__(step=step)
+        self.calls: list[list[bytes]] = []  # per call, each batch's bytes
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append([images.tobytes()])
+        return super().infer(images)
+
+    def infer_many(self, batches) -> list[np.ndarray]:
+        self.calls.append([b.tobytes() for b in batches])
+        return [LinearSession.infer(self, b) for b in batches]
+
+
+def test_reruns_travel_with_the_next_steps_batch_not_in_a_call_of_their_own():
+    original, compressed = LinearSession(), CallCounting(step=0.25)
+    seeds = _agreeing_seeds(12, original, LinearSession(step=0.25))
+    engine = Engine(original, compressed, searcher_factory("dflare"), budget=2000, verify_runs=3)
+    results = _results(_events(engine, seeds))
+    triggered = [r for r in results.values() if r.status is SeedStatus.triggered]
+    assert len(triggered) >= 5 and len({r.extra["steps"] for r in triggered}) >= 3  # deviations over many steps
+    reruns_only = [c for c in compressed.calls if len(c) == 3 and len(set(c)) == 1]
+    # every step is one call; re-runs have a call of their own only when no seed was left to search
+    assert len(compressed.calls) == engine.steps + len(reruns_only)
+    assert len(reruns_only) <= 2
+    assert all(r.reproduced == 3 for r in triggered)
+    alone = {i: _results(_events(Engine(LinearSession(), LinearSession(step=0.25), searcher_factory("dflare"),
+                                        budget=2000, rng_seed=0), seeds[i: i + 1], indices=[i]))[i]
+             for i in range(len(seeds))}
+    for i, r in results.items():  # waiting for the re-runs changes no seed's search
+        assert (r.status, r.queries, r.trace) == (alone[i].status, alone[i].queries, alone[i].trace)
+
+
+class CostAtDeviation(Engine):
+    """Records the campaign's search cost (consumed + speculative queries) at the step a seed deviated."""
+
+    cost_at_deviation: dict[int, int]
+
+    def _feed_back(self, by_index, rows, spans, probs_o, probs_c, deviates):
+        suspects = super()._feed_back(by_index, rows, spans, probs_o, probs_c, deviates)
+        for seed, _ in suspects:
+            self.cost_at_deviation.setdefault(seed.index, self.total_queries + self.total_speculative_queries)
+        return suspects
+
+
+def test_a_deviation_found_in_the_last_step_the_campaign_budget_affords_is_still_verified():
+    original, compressed = LinearSession(), LinearSession(step=0.25)
+    seeds = _agreeing_seeds(12, original, LinearSession(step=0.25))
+    probe = CostAtDeviation(original, compressed, searcher_factory("dflare"), budget=2000)
+    probe.cost_at_deviation = {}
+    unlimited = _results(_events(probe, seeds))
+    first = min(probe.cost_at_deviation, key=probe.cost_at_deviation.get)
+    limit = probe.cost_at_deviation[first]
+    engine = Engine(original, compressed, searcher_factory("dflare"),
+                    budget=Budget(max_queries=2000, campaign_max_queries=limit))
+    results = _results(_events(engine, seeds))
+    assert engine.exit_reason is ExitReason.campaign_max_queries  # the next step did not fit
+    assert results[first].status is SeedStatus.triggered and results[first].reproduced == 3
+    assert results[first].trace == unlimited[first].trace
+    assert any(r.exit_reason == "campaign_max_queries" for r in results.values())
