@@ -82,8 +82,8 @@ def campaign(original, compressed, pair, max_queries: int) -> dict:
             "triggered": sum(r.status.value == "triggered" for r in results), "seeds": len(results),
             "speculative_candidates": engine.total_speculative_queries / 2,
             "verify_candidates": engine.total_verify_queries / 2, "batch_calls": engine.batch_calls,
-            # one per step, and one per verification (its re-runs go to an agent in one stream)
-            "round_trips": engine.steps + (engine.batch_calls - engine.steps) // engine.verify_runs,
+            # one per infer/infer_many call: every step, and re-runs that found no step to travel with
+            "round_trips": engine.session_calls,
             **{f"{p}_s": float(engine.statistics.get(f"{p}_s", 0.0)) for p in PHASES}}
 
 
@@ -154,9 +154,9 @@ def print_row(row: dict) -> None:
         # Each step waits for its batch: the round trips are sequential, so their latency alone is a lower bound.
         bound_s = agent["round_trips"] * row["round_trip_s"] / agent["candidates"]
         print(f"Through the agent, one Infer round trip (batch 1) takes {row['round_trip_s'] * us:.0f} us; the "
-              f"campaign's {agent['round_trips']} sequential round trips (steps and verifications) cost at least "
-              f"{bound_s * us:.1f} us per candidate, {bound_s / row['floor_s']:.2f}x the floor, before any "
-              "inference or host work.")
+              f"campaign's {agent['round_trips']} sequential round trips (its steps, and re-runs with no step "
+              f"to travel with) cost at least {bound_s * us:.1f} us per candidate, "
+              f"{bound_s / row['floor_s']:.2f}x the floor, before any inference or host work.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,7 +275,8 @@ class Engine:
         self.total_verify_queries: int = 0
         self.total_speculative_queries: int = 0  # evaluated candidates the algorithms did not consume
         self.steps: int = 0
-        self.batch_calls: int = 0  # infer() calls per session
+        self.batch_calls: int = 0  # interpreter invocations per session (a step's batch, each re-run)
+        self.session_calls: int = 0  # infer/infer_many calls per session: each one round trip to an agent
         self.seeds_started: int = 0
         self.seeds_finished: int = 0
         self.seeds_unstarted: int = 0  # seeds never started because the campaign budget ran out
@@ -325,6 +326,7 @@ class Engine:
         with self._phase("infer"):
             probs_o, probs_c = self._infer_both(images)
         self.batch_calls += 1
+        self.session_calls += 1
         if verify:
             self.total_verify_queries += cost
         self._check_outputs(probs_o, probs_c)
@@ -339,6 +341,7 @@ class Engine:
         """
         pairs = self._infer_batches([images] * runs)
         self.batch_calls += runs
+        self.session_calls += 1
         self.total_verify_queries += QUERIES_PER_IMAGE * len(images) * runs
         return pairs
 
@@ -353,6 +356,7 @@ class Engine:
             self.exit_with(ExitReason.campaign_max_queries)
         pairs = self._infer_batches([images] + [suspects] * self.verify_runs)
         self.batch_calls += 1 + self.verify_runs
+        self.session_calls += 1
         self.total_verify_queries += QUERIES_PER_IMAGE * len(suspects) * self.verify_runs
         return pairs[0][0], pairs[0][1], pairs[1:]
 

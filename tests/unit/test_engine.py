@@ -368,7 +368,7 @@ def test_reruns_travel_with_the_next_steps_batch_not_in_a_call_of_their_own():
     assert len(triggered) >= 5 and len({r.extra["steps"] for r in triggered}) >= 3  # deviations over many steps
     reruns_only = [c for c in compressed.calls if len(c) == 3 and len(set(c)) == 1]
     # every step is one call; re-runs have a call of their own only when no seed was left to search
-    assert len(compressed.calls) == engine.steps + len(reruns_only)
+    assert len(compressed.calls) == engine.steps + len(reruns_only) == engine.session_calls
     assert len(reruns_only) <= 2
     assert all(r.reproduced == 3 for r in triggered)
     alone = {i: _results(_events(Engine(LinearSession(), LinearSession(step=0.25), searcher_factory("dflare"),
