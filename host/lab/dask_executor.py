@@ -17,6 +17,9 @@ its tasks back:
 * if none does for ``[lab] worker_wait_s``, this host gives the device up: the combination that was
   running is ``failed`` (naming the worker), the others ``skipped``, the device ``failed``, and the
   run finishes with the other devices. A device no worker advertises from the start ends the same way.
+* if it held the cluster's last copy of a model pair (Dask's memory manager drops the spare
+  broadcast copies), the pair is scattered again and a combination cancelled for want of it is
+  sent again, up to :data:`MAX_RESENDS` times.
 
 A task that keeps killing its workers ends in Dask's ``KilledWorker`` after the scheduler's
 ``distributed.scheduler.allowed-failures`` (3 by default): that combination is ``failed``.
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 #: Seconds between looks at the cluster (which workers advertise which devices) while waiting for
 #: results: short next to a combination (seconds to minutes), cheap for the scheduler.
 POLL_S = 0.5
+#: Times one combination is sent again after the cluster lost its scattered model pair (every copy
+#: was on workers that died): the pair is scattered anew each time.
+MAX_RESENDS = 3
 
 
 @dataclass
@@ -66,6 +72,7 @@ class _Chain:
     holders: set[str] = field(default_factory=set)  # workers last seen advertising the device
     missing_since: float | None = None
     stalled: bool = False  # its task was lost with the scheduler connection; resent if the client reconnects
+    resends: int = 0  # of the running combination, after its model pair was lost (MAX_RESENDS)
 
 
 class DaskExecutor:
@@ -142,10 +149,25 @@ class DaskExecutor:
         task = ComboTask(self._runner.run_id, self._runner.config, chain.device, pair, delegate)
         chain.index += 1
         chain.future = self.client.submit(
-            run_combination, task, self._scattered[pair.name],
+            run_combination, task, self._pair_data(pair.name),
             key=f"dflare-lab-{self._runner.run_id}-{chain.device.name}-{chain.index}",
             resources={resource(chain.device.name): 1}, pure=False, retries=0)
         chain.future.add_done_callback(self._finished.put)
+
+    def _pair_data(self, name: str, lost: bool = False) -> Any:
+        """The model pair's scattered future, scattered again when the cluster no longer holds it.
+
+        Broadcasting puts a copy on every worker, but Dask's active memory manager drops the
+        copies no task waits for, so the last one can die with its worker; a task that needs it is
+        then cancelled (dask/distributed#3149). ``lost``: a task needing it was just cancelled.
+        """
+        data = self._scattered[name]
+        if lost or data.status != "finished":
+            log.info("run %s: the cluster lost model pair %s (%s); scattering it again", self._runner.run_id, name,
+                     data.status)
+            data = self._scattered[name] = self.client.scatter([self._runner.models[name]], hash=False,
+                                                               broadcast=True)[0]
+        return data
 
     # -- results ------------------------------------------------------------------------------
     def _collect(self, runner: LabRunner) -> None:
@@ -168,8 +190,16 @@ class DaskExecutor:
                 if future.status != "finished" and self.client.status != "running":
                     chain.stalled = True  # lost with the scheduler connection: not the combination's failure
                     continue
+                if future.status == "cancelled" and chain.resends < MAX_RESENDS and self._holders_gone(chain) is None:
+                    # not by this client (it forgets what it cancels): the scheduler lost the task's model
+                    # pair with a dead worker; the device is still served, so send the combination again
+                    chain.resends += 1
+                    self._pair_data(chain.todo[0][0].name, lost=True)
+                    self._submit_next(chain)
+                    continue
                 self._store(runner, chain, future)
                 chain.todo.pop(0)
+                chain.resends = 0
                 self._submit_next(chain)
             self._check_scheduler()
             if self.client.status == "running":

@@ -181,6 +181,38 @@ def test_sigkill_of_a_worker_mid_run(lab_cluster, tmp_path):
     history.close()
 
 
+def test_a_model_pair_the_cluster_lost_is_scattered_again(lab_cluster, tmp_path, monkeypatch):
+    """The last copy of a scattered pair can die with its worker (Dask's memory manager drops spare
+    copies): the combination that needs it is sent again with the pair scattered anew, not failed.
+    Here the copies are dropped by cancelling them: once before a combination is sent (the executor
+    notices), once just after (the scheduler cancels the task)."""
+    import host.lab.dask_executor as dask_executor
+
+    cluster, agents, pg = lab_cluster
+    path = _lab(tmp_path / "lab.toml", agents, ["c"], pg.database(), cluster.address, models=2)
+    dropped: list[str] = []
+
+    class LosingPairs(dask_executor.DaskExecutor):
+        def _submit_next(self, chain):
+            todo = list(chain.todo)
+            if todo and todo[0][0].name == "digits28-2" and todo[0][1] == "xnnpack" and not dropped:
+                dropped.append("before")
+                self.client.cancel([self._scattered["digits28-2"]])
+            super()._submit_next(chain)
+            if todo and todo[0][0].name == "digits28-2" and todo[0][1] == "ref" and len(dropped) == 1:
+                dropped.append("after")
+                self.client.cancel([self._scattered["digits28-2"]])
+
+    monkeypatch.setattr(dask_executor, "DaskExecutor", LosingPairs)
+    history = History(pg.database())
+    result = LabRunner(load_lab_config(path), history).run()
+    assert dropped == ["before", "after"]
+    rows = history.combos(result.run_id)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"passed"}, \
+        [(r["model"], r["delegate"], r["status"], r["worker"], r["error"]) for r in rows]
+    history.close()
+
+
 def test_an_unreachable_scheduler_is_exit_code_3_naming_it(tmp_path, capsys):
     pytest.importorskip("distributed")
     path = write_lab(tmp_path / "lab.toml", [("a", "local:")], INT8, max_queries=0)
