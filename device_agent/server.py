@@ -73,6 +73,9 @@ DEFAULT_MAX_INFER_CALLS = 32
 #: part of :data:`DEFAULT_MAX_INFER_CALLS`, never the threads other sessions need. More than a
 #: worker's slots would only wait in its queue anyway.
 DEFAULT_MAX_INFER_CALLS_PER_SESSION = 16
+#: Batches one InferBatches call may carry: a step and its re-runs are a handful; a long series
+#: belongs on InferStream, which answers as it goes.
+MAX_BATCHES_PER_CALL = 64
 #: Handler threads kept beyond the inference limits for health, GetDeviceInfo, PutModel, LoadModel
 #: and UnloadModel, so inference (a hung model, idle streams) can never starve them.
 CONTROL_THREADS = 8
@@ -392,6 +395,33 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             start_ns = time.perf_counter_ns()
             return _response(request.request_id, self._submit(request).result(), start_ns)
 
+    def InferBatches(self, request, context):  # noqa: N802
+        """Each input as its own invocation, in order, answered together (protocol 1.2).
+
+        All are queued on the worker before the first answer is awaited, so the copies overlap the
+        interpreter as on InferStream, without a stream's threads. An input that does not fit fails
+        the call, naming its position, after the ones queued before it have finished.
+        """
+        with _status_from_errors(context), self._infer_calls.admit(request.session_id):
+            start_ns = time.perf_counter_ns()
+            count = len(request.inputs)
+            if count == 0:
+                raise AgentInvalidRequestError("InferBatches without inputs: send at least one batch")
+            if count > MAX_BATCHES_PER_CALL:
+                raise LimitExceededError(f"InferBatches with {count} batches, over this agent's limit of "
+                                         f"{MAX_BATCHES_PER_CALL} per call: send a long series on InferStream")
+            submitted: list[futures.Future] = []
+            for position, tensor in enumerate(request.inputs):
+                try:
+                    submitted.append(self._submit_input(request.session_id, tensor))
+                except (AgentInvalidRequestError, LimitExceededError, NotFoundError) as exc:
+                    for future in submitted:  # reading the replies frees the worker's slots
+                        with contextlib.suppress(Exception):
+                            future.result()
+                    raise type(exc)(f"InferBatches input {position} of {count}: {exc}") from None
+            return agent_pb2.InferBatchesResponse(
+                results=[_response(position, future.result(), start_ns) for position, future in enumerate(submitted)])
+
     def InferStream(self, request_iterator, context):  # noqa: N802
         """Keep up to the worker's slot count of batches in flight, answering in request order.
 
@@ -451,7 +481,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             self._put_unless_stopped(pending, exc, stopped)
 
     def _submit(self, request: agent_pb2.InferRequest) -> futures.Future:
-        tensor = request.input
+        return self._submit_input(request.session_id, request.input)
+
+    def _submit_input(self, session_id: str, tensor: agent_pb2.Tensor) -> futures.Future:
         dtype = DTYPE_BY_ENUM.get(tensor.dtype)
         if dtype is None:
             known = tensor.dtype in agent_pb2.DataType.values()
@@ -459,8 +491,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise AgentInvalidRequestError(
                 f"input dtype {name} is not a valid element type: set Tensor.dtype (DATA_TYPE_UINT8 for images)"
             )
-        check_session_id(request.session_id)
-        return self.sessions.submit(request.session_id, tensor.shape, dtype, tensor.data)
+        check_session_id(session_id)
+        return self.sessions.submit(session_id, tensor.shape, dtype, tensor.data)
 
     def GetTensors(self, request, context):  # noqa: N802
         """One image's intermediate tensors, within min(max_bytes, the message cap minus headroom)."""

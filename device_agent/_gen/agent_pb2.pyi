@@ -213,6 +213,20 @@ class InferResponse(_message.Message):
     server_latency_us: int
     def __init__(self, request_id: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., invoke_latency_us: _Optional[int] = ..., run_latency_us: _Optional[int] = ..., server_latency_us: _Optional[int] = ...) -> None: ...
 
+class InferBatchesRequest(_message.Message):
+    __slots__ = ("session_id", "inputs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, session_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+
+class InferBatchesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[InferResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[InferResponse, _Mapping]]] = ...) -> None: ...
+
 class UnloadModelRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

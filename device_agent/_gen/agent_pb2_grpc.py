@@ -61,6 +61,11 @@ class AgentStub:
                 request_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferRequest.SerializeToString,
                 response_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.InferBatches = channel.unary_unary(
+                '/dflare.agent.v1.Agent/InferBatches',
+                request_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesRequest.SerializeToString,
+                response_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesResponse.FromString,
+                _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/dflare.agent.v1.Agent/UnloadModel',
                 request_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.UnloadModelRequest.SerializeToString,
@@ -117,6 +122,15 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InferBatches(self, request, context):
+        """Run a few batches through a session in one call, each its own interpreter invocation, one after
+        the other in request order (since 1.2): a search step's batch and the re-runs of a deviation in
+        one round trip. The whole request must fit max_message_bytes; a long series belongs on InferStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UnloadModel(self, request, context):
         """Release a session and its worker process. The model stays in the cache.
         """
@@ -160,6 +174,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.InferStream,
                     request_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferRequest.FromString,
                     response_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferResponse.SerializeToString,
+            ),
+            'InferBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.InferBatches,
+                    request_deserializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesRequest.FromString,
+                    response_serializer=dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesResponse.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnloadModel,
@@ -309,6 +328,33 @@ class Agent:
             '/dflare.agent.v1.Agent/InferStream',
             dflare_dot_agent_dot_v1_dot_agent__pb2.InferRequest.SerializeToString,
             dflare_dot_agent_dot_v1_dot_agent__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dflare.agent.v1.Agent/InferBatches',
+            dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesRequest.SerializeToString,
+            dflare_dot_agent_dot_v1_dot_agent__pb2.InferBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

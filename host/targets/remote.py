@@ -110,6 +110,12 @@ def parse_uri(uri: str) -> tuple[str, int]:
 
 #: The protocol minor that added GetTensors.
 _GET_TENSORS_MINOR = 1
+#: The protocol minor that added InferBatches.
+_INFER_BATCHES_MINOR = 2
+#: InferBatches carries at most this many batches (the agent's MAX_BATCHES_PER_CALL) ...
+_INFER_BATCHES_MAX_COUNT = 64
+#: ... and leaves this much of the agent's message limit to the envelope (shapes, ids, the session).
+_INFER_BATCHES_HEADROOM_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -252,20 +258,44 @@ class RemoteSession:
         return self._outputs(response)
 
     def infer_many(self, batches: Sequence[np.ndarray], in_flight: int = DEFAULT_IN_FLIGHT) -> list[np.ndarray]:
-        """Run several batches over one InferStream with up to ``in_flight`` outstanding; results in order.
+        """Run several batches, each its own invocation on the agent; results in order.
 
-        Faster than calling :meth:`infer` in a loop: the agent copies batch k+1 in while batch k runs.
+        A few that fit one message go in one InferBatches call (protocol 1.2): one round trip, as a
+        step's batch and its re-runs need. Others go over one InferStream with up to ``in_flight``
+        outstanding, the agent copying batch k+1 in while batch k runs. Either beats :meth:`infer`
+        in a loop.
 
         Raises:
             InvalidRequestError: a batch does not fit the model (all are checked before sending).
             WorkerCrashedError, TargetUnreachableError: as :meth:`infer`.
         """
         checked = [self._check(b) for b in batches]
-        limit = self.target.device_limits()[1]
+        max_message, limit = self.target.device_limits()
         if any(b.nbytes > limit for b in checked) or any(len(b) == 0 for b in checked):
             return [self.infer(b) for b in checked]  # rare: let infer split or short-circuit them
-        if not checked:
-            return []
+        if len(checked) <= 1:
+            return [self.infer_all(b)[0] for b in checked]
+        if self._fits_one_call(checked, max_message):
+            request = agent_pb2.InferBatchesRequest(session_id=self.session_id,
+                                                    inputs=[self._request(b).input for b in checked])
+            response = self.target._invoke("InferBatches", request, self.target.rpc_timeout_s * len(checked),
+                                           what=f"running {len(checked)} batches through {self.model.name}")
+            if len(response.results) != len(checked):
+                raise ProtocolError(self.target, f"InferBatches answered {len(response.results)} of "
+                                                 f"{len(checked)} batches")
+            return [self._outputs(result)[0] for result in response.results]
+        return self._infer_stream(checked, in_flight)
+
+    def _fits_one_call(self, batches: list[np.ndarray], max_message: int) -> bool:
+        """Whether the agent takes ``batches`` in one InferBatches call (it speaks 1.2; count and bytes fit)."""
+        info = self.target.device_info_message()
+        if (info.protocol_major, info.protocol_minor) < (1, _INFER_BATCHES_MINOR):
+            return False
+        room = min(max_message, self.target.max_message_bytes) - _INFER_BATCHES_HEADROOM_BYTES
+        return len(batches) <= _INFER_BATCHES_MAX_COUNT and sum(b.nbytes for b in batches) <= room
+
+    def _infer_stream(self, checked: list[np.ndarray], in_flight: int) -> list[np.ndarray]:
+        """:meth:`infer_many` over one InferStream."""
         window = threading.Semaphore(max(1, in_flight))
         failure: list[BaseException] = []
 

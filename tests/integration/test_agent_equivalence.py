@@ -1,7 +1,7 @@
 """Outputs through the agent equal the in-process interpreter's, bit for bit.
 
 Every fixture model variant x batch sizes 1 and 64 x delegates cpu/xnnpack/ref, through Infer and
-through InferStream (infer_many), against ``LocalTarget`` with the same ModelSpec.
+through InferBatches (infer_many) and InferStream, against ``LocalTarget`` with the same ModelSpec.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def test_agent_outputs_equal_in_process_outputs(remote, model_path, delegate):
             got = session.infer(images)
             assert got.dtype == np.float32 and got.shape == expected.shape
             assert got.tobytes() == expected.tobytes(), f"batch {n}: outputs differ from the in-process interpreter"
-        streamed = session.infer_many([_images(model_path, n) for n in BATCH_SIZES])
-        for n, got in zip(BATCH_SIZES, streamed):
-            assert got.tobytes() == local.infer(_images(model_path, n)).tobytes(), f"InferStream batch {n} differs"
+        batches = [_images(model_path, n) for n in BATCH_SIZES]
+        expected = [local.infer(b).tobytes() for b in batches]
+        assert [g.tobytes() for g in session.infer_many(batches)] == expected, "InferBatches differs"
+        assert [g.tobytes() for g in session._infer_stream(batches, 4)] == expected, "InferStream differs"
     finally:
         session.close()
 

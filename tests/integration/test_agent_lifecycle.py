@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device_agent._gen import agent_pb2
 from host.errors import InvalidRequestError, TargetUnreachableError
 from host.targets import LocalTarget, ModelSpec
 from host.targets.remote import RemoteTarget
@@ -39,6 +40,10 @@ def test_sigterm_lets_in_flight_calls_finish(agent_factory):
     batches = [images] * 30  # ~2 s of ref kernels: SIGTERM lands mid-stream
     target = RemoteTarget(agent.uri, token=agent.token)
     session = target.load(spec)
+    older = agent_pb2.DeviceInfo()  # as for an agent before 1.2: infer_many streams, answering as it goes
+    older.CopyFrom(target.device_info_message())
+    older.protocol_minor = 1
+    target._device_info = older
     first_answered = threading.Event()
     original_outputs = session._outputs
 
