@@ -320,9 +320,8 @@ class Engine:
             RunIsComplete: via ``exit_with`` when the batch would exceed the campaign budget.
         """
         cost = QUERIES_PER_IMAGE * len(images)
-        limit = self.budget.campaign_max_queries
-        if not verify and limit is not None and self.total_queries + self.total_speculative_queries + cost > limit:
-            self.exit_with(ExitReason.campaign_max_queries)
+        if not verify:
+            self._check_campaign_queries(cost)
         with self._phase("infer"):
             probs_o, probs_c = self._infer_both(images)
         self.batch_calls += 1
@@ -331,6 +330,12 @@ class Engine:
             self.total_verify_queries += cost
         self._check_outputs(probs_o, probs_c)
         return probs_o, probs_c
+
+    def _check_campaign_queries(self, cost: int) -> None:
+        """Stop the campaign (``RunIsComplete``) when ``cost`` more search queries would exceed its budget."""
+        limit = self.budget.campaign_max_queries
+        if limit is not None and self.total_queries + self.total_speculative_queries + cost > limit:
+            self.exit_with(ExitReason.campaign_max_queries)
 
     def _rerun(self, images: np.ndarray, runs: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Re-verification: ``runs`` separate invocations of each model on the same images.
@@ -350,10 +355,7 @@ class Engine:
         """:meth:`evaluate` of a step's batch and the re-runs of the last step's deviations, in one
         ``infer_many`` per model: one round trip to an agent instead of two. Each batch is its own
         interpreter invocation, as apart; the budgets count the step's batch only."""
-        cost = QUERIES_PER_IMAGE * len(images)
-        limit = self.budget.campaign_max_queries
-        if limit is not None and self.total_queries + self.total_speculative_queries + cost > limit:
-            self.exit_with(ExitReason.campaign_max_queries)
+        self._check_campaign_queries(QUERIES_PER_IMAGE * len(images))
         pairs = self._infer_batches([images] + [suspects] * self.verify_runs)
         self.batch_calls += 1 + self.verify_runs
         self.session_calls += 1
