@@ -585,10 +585,14 @@ class Engine:
         its algorithm reached (to verify). A batch algorithm (a GA generation) consumes all its rows;
         a speculative one stops at its first kept candidate, which voids the rest."""
         suspects: list[tuple[_SeedRun, int]] = []
-        firsts: dict[int, int | None] = {}
-        for idx, (lo, hi) in spans.items():
-            hits = np.flatnonzero(deviates[lo:hi])
-            firsts[idx] = int(hits[0]) if hits.size else None
+        # each seed's first deviating row, from one scan of the batch (most steps have none)
+        hit_rows = np.flatnonzero(deviates).tolist()
+        firsts: dict[int, int | None] = dict.fromkeys(spans)
+        if hit_rows:
+            starts = np.searchsorted(hit_rows, [lo for lo, _ in spans.values()]).tolist()
+            for (idx, (lo, hi)), k in zip(spans.items(), starts):
+                if k < len(hit_rows) and hit_rows[k] < hi:
+                    firsts[idx] = hit_rows[k] - lo
         observed = self._observe_speculative(by_index, rows, spans, firsts, probs_o, probs_c)
         for idx, (lo, hi) in spans.items():
             seed, cands = by_index[idx], rows[idx]
