@@ -149,10 +149,13 @@ def test_sigkill_mid_campaign_then_resume(tmp_path: Path, target_args: list[str]
                                                                 if r.status.value == "triggered")
 
 
+@pytest.mark.parametrize("where", ["in process", "through the agent"])  # the agent: mid-RPC interrupts
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_stops_cleanly_with_reports(tmp_path: Path, sig: signal.Signals) -> None:
+def test_ctrl_c_or_sigterm_stops_cleanly_with_reports(tmp_path: Path, sig: signal.Signals, where: str,
+                                                      request: pytest.FixtureRequest) -> None:
     out = tmp_path / "stopped"
-    proc = subprocess.Popen(dflare_run(out, ["--target", "local:"]), stdout=subprocess.PIPE,
+    targets = ["--target", "local:"] if where == "in process" else request.getfixturevalue("target_args")
+    proc = subprocess.Popen(dflare_run(out, targets), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
     try:
         for line in proc.stderr:
@@ -168,5 +171,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_with_reports(tmp_path: Path, sig: signa
     stored = outcomes(out)
     summary = json.loads((out / "summary.json").read_text())  # written on the way out
     assert summary["seeds_finished"] == len(stored) and summary["complete"] is (len(stored) == N_SEEDS)
+    if where == "through the agent":
+        assert summary["per_target"]["compressed"]["uri"] == targets[1]
     with CampaignStore.open_existing(out) as store:
         assert [r["status"] for r in store.runs()] == ["interrupted"]
