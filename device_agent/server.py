@@ -347,6 +347,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 properties=info["properties"],
                 max_message_bytes=self.config.max_message_bytes,
                 max_batch_bytes=self.config.max_batch_bytes,
+                max_batches_per_call=MAX_BATCHES_PER_CALL,
                 cache_capacity_bytes=self.cache.capacity_bytes,
                 cache_used_bytes=self.cache.used_bytes,
                 sessions=len(self.sessions),

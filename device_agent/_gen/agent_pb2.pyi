@@ -74,7 +74,7 @@ class GetDeviceInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("protocol_major", "protocol_minor", "agent_version", "runtime", "runtime_version", "delegates", "machine", "abis", "system", "release", "cpu_count", "memory_total_bytes", "memory_available_bytes", "python_version", "hostname", "properties", "max_message_bytes", "max_batch_bytes", "cache_capacity_bytes", "cache_used_bytes", "sessions", "max_sessions")
+    __slots__ = ("protocol_major", "protocol_minor", "agent_version", "runtime", "runtime_version", "delegates", "machine", "abis", "system", "release", "cpu_count", "memory_total_bytes", "memory_available_bytes", "python_version", "hostname", "properties", "max_message_bytes", "max_batch_bytes", "cache_capacity_bytes", "cache_used_bytes", "sessions", "max_sessions", "max_batches_per_call")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class DeviceInfo(_message.Message):
     CACHE_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCHES_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     protocol_major: int
     protocol_minor: int
     agent_version: str
@@ -126,7 +127,8 @@ class DeviceInfo(_message.Message):
     cache_used_bytes: int
     sessions: int
     max_sessions: int
-    def __init__(self, protocol_major: _Optional[int] = ..., protocol_minor: _Optional[int] = ..., agent_version: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., delegates: _Optional[_Iterable[str]] = ..., machine: _Optional[str] = ..., abis: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ..., release: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., cache_capacity_bytes: _Optional[int] = ..., cache_used_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
+    max_batches_per_call: int
+    def __init__(self, protocol_major: _Optional[int] = ..., protocol_minor: _Optional[int] = ..., agent_version: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., delegates: _Optional[_Iterable[str]] = ..., machine: _Optional[str] = ..., abis: _Optional[_Iterable[str]] = ..., system: _Optional[str] = ..., release: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., max_message_bytes: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., cache_capacity_bytes: _Optional[int] = ..., cache_used_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_batches_per_call: _Optional[int] = ...) -> None: ...
 
 class PutModelChunk(_message.Message):
     __slots__ = ("sha256", "total_bytes", "data")

@@ -110,11 +110,9 @@ def parse_uri(uri: str) -> tuple[str, int]:
 
 #: The protocol minor that added GetTensors.
 _GET_TENSORS_MINOR = 1
-#: The protocol minor that added InferBatches.
+#: The protocol minor that added InferBatches (and DeviceInfo.max_batches_per_call).
 _INFER_BATCHES_MINOR = 2
-#: InferBatches carries at most this many batches (the agent's MAX_BATCHES_PER_CALL) ...
-_INFER_BATCHES_MAX_COUNT = 64
-#: ... and leaves this much of the agent's message limit to the envelope (shapes, ids, the session).
+#: Of the message limit, what an InferBatches request leaves to its envelope (shapes, ids, the session).
 _INFER_BATCHES_HEADROOM_BYTES = 64 << 10
 
 
@@ -271,10 +269,8 @@ class RemoteSession:
         """
         checked = [self._check(b) for b in batches]
         max_message, limit = self.target.device_limits()
-        if any(b.nbytes > limit for b in checked) or any(len(b) == 0 for b in checked):
-            return [self.infer(b) for b in checked]  # rare: let infer split or short-circuit them
-        if len(checked) <= 1:
-            return [self.infer_all(b)[0] for b in checked]
+        if len(checked) <= 1 or any(b.nbytes > limit or len(b) == 0 for b in checked):
+            return [self.infer(b) for b in checked]  # one batch, or ones infer must split or short-circuit
         if self._fits_one_call(checked, max_message):
             request = agent_pb2.InferBatchesRequest(session_id=self.session_id,
                                                     inputs=[self._request(b).input for b in checked])
@@ -292,7 +288,7 @@ class RemoteSession:
         if (info.protocol_major, info.protocol_minor) < (1, _INFER_BATCHES_MINOR):
             return False
         room = min(max_message, self.target.max_message_bytes) - _INFER_BATCHES_HEADROOM_BYTES
-        return len(batches) <= _INFER_BATCHES_MAX_COUNT and sum(b.nbytes for b in batches) <= room
+        return len(batches) <= info.max_batches_per_call and sum(b.nbytes for b in batches) <= room
 
     def _infer_stream(self, checked: list[np.ndarray], in_flight: int) -> list[np.ndarray]:
         """:meth:`infer_many` over one InferStream."""

@@ -110,6 +110,7 @@ def _expected(batches: list[np.ndarray]) -> list[bytes]:
 
 def test_infer_many_takes_one_round_trip_on_a_1_2_agent(agent, images, monkeypatch):
     with RemoteTarget(agent.uri, token=agent.token) as target:
+        assert target.device_info_message().max_batches_per_call == MAX_BATCHES_PER_CALL  # advertised
         session = target.load(ModelSpec.from_path(MODEL, delegate="xnnpack"))
         batches = [images[:16], images[3:4], images[3:4], images[3:4]]
         calls = _Calls(target, monkeypatch)
@@ -118,7 +119,7 @@ def test_infer_many_takes_one_round_trip_on_a_1_2_agent(agent, images, monkeypat
         assert [g.tobytes() for g in got] == _expected(batches)
 
 
-def test_an_agent_older_than_1_2_and_a_series_over_one_message_go_on_the_stream(agent, images, monkeypatch):
+def test_an_agent_older_than_1_2_and_series_over_its_limits_go_on_the_stream(agent, images, monkeypatch):
     batches = [images[:16], images[3:4], images[3:4]]
     with RemoteTarget(agent.uri, token=agent.token) as target:
         session = target.load(ModelSpec.from_path(MODEL, delegate="xnnpack"))
@@ -129,6 +130,13 @@ def test_an_agent_older_than_1_2_and_a_series_over_one_message_go_on_the_stream(
         calls = _Calls(target, monkeypatch)
         assert [g.tobytes() for g in session.infer_many(batches)] == _expected(batches)
         assert calls.methods == ["InferStream"]
+        # a 1.2 agent advertising fewer batches per call than there are
+        fewer = agent_pb2.DeviceInfo()
+        fewer.CopyFrom(target.device_info_message())
+        fewer.protocol_minor, fewer.max_batches_per_call = 2, len(batches) - 1
+        monkeypatch.setattr(target, "_device_info", fewer)
+        assert [g.tobytes() for g in session.infer_many(batches)] == _expected(batches)
+        assert calls.methods == ["InferStream", "InferStream"]
     # the host's own message limit: 40 images of 784 bytes do not fit in one 96 KiB message with its headroom
     with RemoteTarget(agent.uri, token=agent.token, max_message_bytes=96 << 10) as target:
         session = target.load(ModelSpec.from_path(MODEL, delegate="xnnpack"))
