@@ -117,13 +117,16 @@ class MHSelector:
 
     @property
     def scores(self) -> np.ndarray:
-        return self.successes / (self.uses + _SCORE_EPSILON)
+        return np.asarray(self._score_list())
+
+    def _score_list(self) -> list[float]:
+        """successes / (uses + epsilon) per operator, in Python floats: for 7 values cheaper than
+        numpy, and ``ranking`` runs for every candidate proposed."""
+        return [s / (u + _SCORE_EPSILON) for s, u in zip(self.successes.tolist(), self.uses.tolist())]
 
     def ranking(self) -> list[int]:
         """Operator ids from best to worst score, ties in random order (shuffle, then stable sort)."""
-        # the scores of ``scores`` in Python floats (the same IEEE divisions): 7 values are cheaper
-        # here than in numpy, and this runs for every candidate proposed
-        scores = [s / (u + _SCORE_EPSILON) for s, u in zip(self.successes.tolist(), self.uses.tolist())]
+        scores = self._score_list()
         return sorted(self.rng.permutation(self.n_ops).tolist(), key=scores.__getitem__, reverse=True)
 
     def choose(self, last_op: int | None) -> int:

@@ -450,8 +450,7 @@ class Engine:
                     done = {e.seed_index for e in events if e.final}
                     waiting = [s for s in live if s.suspect is not None and s.index not in done]
                     if waiting:  # deviations found before the stop are still judged (outside the budgets)
-                        reruns = self._rerun(np.stack([s.suspect.image for s in waiting]), self.verify_runs)
-                        self._settle(waiting, reruns, events)
+                        self._settle(waiting, self._rerun(self._suspect_images(waiting), self.verify_runs), events)
                         done = {e.seed_index for e in events if e.final}
                     for seed in live:
                         if seed.index not in done:
@@ -529,7 +528,7 @@ class Engine:
                     candidate.image = image
                     owners.append(by_index[idx])
                     batch_rows.append(image)
-        suspect_images = np.stack([seed.suspect.image for seed in waiting]) if waiting else None  # type: ignore[union-attr]
+        suspect_images = self._suspect_images(waiting) if waiting else None
         if not batch_rows:
             if suspect_images is not None:  # only re-runs are left (the campaign's last deviations)
                 self._settle(waiting, self._rerun(suspect_images, self.verify_runs), events)
@@ -697,6 +696,11 @@ class Engine:
             return
         seed.context = SeedContext(seed.index, seed.image, label_o, probs_o, probs_c)
         seed.searcher = self.make_searcher(seed.context, seed.rng)
+
+    @staticmethod
+    def _suspect_images(waiting: list[_SeedRun]) -> np.ndarray:
+        """The waiting seeds' deviating images, one row each, for their re-runs."""
+        return np.stack([seed.suspect.image for seed in waiting])  # type: ignore[union-attr]
 
     def _settle(self, waiting: list[_SeedRun], reruns: list[tuple[np.ndarray, np.ndarray]],
                 events: list[Event]) -> None:
