@@ -90,11 +90,13 @@ def test_a_failing_run_still_removes_the_link_and_stops_the_agents(monkeypatch):
     assert leftovers(os.getpid()) == []
 
 
-@pytest.mark.timeout(120)
-def test_sigterm_mid_run_removes_the_link():
-    process = subprocess.Popen([sys.executable, "-u", str(SCRIPTS / "bench_link.py"), "--sizes", "32", "--seeds",
-                                "20", "--rates", "10", "--max-queries", "5000", "--repeat", "3"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+#: A run long enough to be interrupted: 20 seeds at 10 Mbit/s, three rounds.
+_LONG_RUN = ["--sizes", "32", "--seeds", "20", "--rates", "10", "--max-queries", "5000", "--repeat", "3"]
+
+
+def _terminate_once_the_agent_runs(process: subprocess.Popen, settle_s: float = 0.0) -> tuple[str, list[str]]:
+    """Wait for the script's link and for the agent in its namespace, SIGTERM it after ``settle_s``,
+    and return its stderr and the pids that were in the namespace (killed if it outlives 60 s)."""
     try:
         deadline = time.monotonic() + 60
         for line in process.stdout:
@@ -108,19 +110,30 @@ def test_sigterm_mid_run_removes_the_link():
             assert time.monotonic() < deadline and process.poll() is None, "no agent in the namespace"
             agent_pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
             time.sleep(0.05)
-        time.sleep(1.0)  # into the agents' start-up or the first campaign
+        time.sleep(settle_s)
         process.terminate()
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, err
-    assert "interrupted" in err
+    return err, agent_pids
+
+
+def _nothing_left(process: subprocess.Popen, agent_pids: list[str]) -> None:
     assert leftovers(process.pid) == []
     for pid in agent_pids:  # the agent (and its workers) went with the namespace
         assert not os.path.exists(f"/proc/{pid}")
 
+
+@pytest.mark.timeout(120)
+def test_sigterm_mid_run_removes_the_link():
+    process = subprocess.Popen([sys.executable, "-u", str(SCRIPTS / "bench_link.py"), *_LONG_RUN],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err, agent_pids = _terminate_once_the_agent_runs(process, settle_s=1.0)  # into start-up or the first campaign
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    _nothing_left(process, agent_pids)
 
 
 #: Runs bench_link.main with a teardown that never ends (every agent's stop() hangs) and a 2 s grace.
@@ -139,31 +152,11 @@ sys.exit(bench_link.main({argv!r}))
 def test_sigterm_with_a_stalled_teardown_forces_it():
     """When the orderly unwinding hangs (an interrupted gRPC call can leave Channel.close waiting), the
     watcher thread kills what runs in the namespace, removes the link and exits with 130."""
-    argv = ["--sizes", "32", "--seeds", "20", "--rates", "10", "--max-queries", "5000", "--repeat", "3"]
-    driver = _STALLING_DRIVER.format(scripts=str(SCRIPTS), argv=argv)
+    driver = _STALLING_DRIVER.format(scripts=str(SCRIPTS), argv=_LONG_RUN)
     process = subprocess.Popen([sys.executable, "-u", "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=str(SCRIPTS.parent))
-    try:
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            if line.startswith("Link:"):
-                break
-            assert time.monotonic() < deadline, "the script never reported its link"
-        netns = bench.link_names(process.pid)[0]
-        agent_pids: list[str] = []
-        while not agent_pids:
-            assert time.monotonic() < deadline and process.poll() is None, "no agent in the namespace"
-            agent_pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
-            time.sleep(0.05)
-        process.terminate()
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    err, agent_pids = _terminate_once_the_agent_runs(process)
     assert process.returncode == 130, err
     assert "did not finish in 2 s, forcing it" in err
     assert "Stacks of every thread" in err and "Thread" in err  # where it hung, for whoever reads the log
-    assert leftovers(process.pid) == []
-    for pid in agent_pids:
-        assert not os.path.exists(f"/proc/{pid}")
+    _nothing_left(process, agent_pids)
