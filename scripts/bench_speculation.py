@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,6 @@ class _Seed:
     width: int = 1
     kept: int = 0
     done: bool = False
-    steps: int = field(default=0)
 
 
 def _advance(seed: _Seed, nodes: set[str], chain: bool) -> int:
